@@ -1,0 +1,200 @@
+"""Run the sweep playbook through ansible-runner; the only module that knows Ansible.
+
+Every host the inventory selects comes back, either as probe output or as a HostError:
+hosts are listed before the run, so a host that never reports is still accounted for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import ansible_runner
+
+from scanner.facts import FactsError, HostFacts, from_probe
+from scanner.findings import HostError
+from scanner.resources import collections_dir, playbook
+
+LOCAL_INVENTORY = "localhost ansible_connection=local ansible_python_interpreter={python}\n"
+
+
+class InventoryError(ValueError):
+    """The inventory can't be read or selects no host; the message names it."""
+
+
+@dataclass
+class SweepResult:
+    hosts: dict[str, HostFacts | HostError] = field(default_factory=dict)
+    status: str = ""
+    rc: int | None = None
+
+
+ProgressCallback = Callable[[str, str], None]
+
+
+def _ansible_bin(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if not found:
+        raise InventoryError(f"{name}: not found (is ansible-core installed?)")
+    return found
+
+
+def _env() -> dict[str, str]:
+    env = {
+        "ANSIBLE_COLLECTIONS_PATH": os.pathsep.join(
+            [str(collections_dir()), os.environ.get("ANSIBLE_COLLECTIONS_PATH", "")]
+        ).rstrip(os.pathsep),
+        "ANSIBLE_INVENTORY_UNPARSED_FAILED": "True",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_PIPELINING": os.environ.get("ANSIBLE_PIPELINING", "True"),
+        "ANSIBLE_NOCOLOR": "True",
+        # ansible-runner finds ansible-playbook on PATH: put this interpreter's first.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    # ansible-runner runs from its private directory: keep the user's ./ansible.cfg in force.
+    if "ANSIBLE_CONFIG" not in os.environ and Path("ansible.cfg").is_file():
+        env["ANSIBLE_CONFIG"] = str(Path("ansible.cfg").resolve())
+    return env
+
+
+def _first_error(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for marker in ("Failed to parse inventory:", "[ERROR]:", "ERROR!"):
+        for line in lines:
+            if marker in line:
+                return line.split(marker, 1)[1].strip() or line
+    return lines[-1] if lines else "no output"
+
+
+def list_hosts(inventory: Path, limit: str | None) -> list[str]:
+    """The hosts `inventory` (and `limit`) select, in inventory order."""
+    command = [_ansible_bin("ansible-inventory"), "-i", str(inventory), "--list"]
+    if limit:
+        command += ["--limit", limit]
+    env = {**os.environ, **_env()}
+    proc = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=600, check=False
+    )
+    if proc.returncode != 0:
+        raise InventoryError(f"{inventory}: {_first_error(proc.stderr or proc.stdout)}")
+    try:
+        listing = json.loads(proc.stdout)
+    except ValueError:
+        raise InventoryError(f"{inventory}: ansible-inventory printed no JSON") from None
+    hosts: list[str] = []
+
+    def walk(group_name: str, seen: set[str]) -> None:
+        group = listing.get(group_name)
+        if group_name in seen or not isinstance(group, dict):
+            return
+        seen.add(group_name)
+        hosts.extend(h for h in group.get("hosts", []) if h not in hosts)
+        for child in group.get("children", []):
+            walk(child, seen)
+
+    # Groups in the order the inventory defines them, from "all" down.
+    visited: set[str] = set()
+    walk("all", visited)
+    for name in listing:
+        if name != "_meta":
+            walk(name, visited)
+    if not hosts:
+        selected = f" with --limit {limit!r}" if limit else ""
+        raise InventoryError(f"{inventory}: no hosts selected{selected}")
+    return hosts
+
+
+def _host_error(kind: Literal["unreachable", "failed"], result: dict[str, Any]) -> HostError:
+    message = str(result.get("msg") or "").strip()
+    stderr = str(result.get("module_stderr") or result.get("stderr") or "").strip()
+    if stderr:
+        message = f"{message}: {stderr.splitlines()[-1]}" if message else stderr.splitlines()[-1]
+    return HostError(kind=kind, message=message or "no message")
+
+
+def _facts_or_error(result: dict[str, Any]) -> HostFacts | HostError:
+    raw = (result.get("ansible_facts") or {}).get("fleetscan_probe")
+    try:
+        return from_probe(raw)
+    except FactsError as exc:
+        return HostError(kind="unparsable", message=str(exc))
+
+
+def sweep(
+    inventory: Path | None,
+    limit: str | None = None,
+    forks: int = 10,
+    on_total: Callable[[int], None] | None = None,
+    on_host: ProgressCallback | None = None,
+) -> SweepResult:
+    with tempfile.TemporaryDirectory(prefix="fleetscan-") as private:
+        if inventory is None:
+            inventory = Path(private) / "local-inventory"
+            inventory.write_text(LOCAL_INVENTORY.format(python=sys.executable))
+        elif not inventory.exists():
+            raise InventoryError(f"{inventory}: no such inventory")
+        hosts = list_hosts(inventory.resolve(), limit)
+        if on_total:
+            on_total(len(hosts))
+        result = SweepResult()
+
+        def record(host: str, outcome: HostFacts | HostError) -> None:
+            if host in result.hosts:
+                return
+            result.hosts[host] = outcome
+            if on_host:
+                on_host(host, outcome.kind if isinstance(outcome, HostError) else "ok")
+
+        def handle(event: dict[str, Any]) -> bool:
+            kind = event.get("event")
+            data = event.get("event_data") or {}
+            host = data.get("host")
+            res = data.get("res") or {}
+            if host and kind == "runner_on_ok":
+                record(host, _facts_or_error(res))
+            elif host and kind == "runner_on_unreachable":
+                record(host, _host_error("unreachable", res))
+            elif host and kind == "runner_on_failed":
+                record(host, _host_error("failed", res))
+            elif host and kind == "runner_on_skipped":
+                record(host, HostError(kind="failed", message="probe task skipped"))
+            return False  # nothing on disk: the runner's artifacts die with the temp dir
+
+        runner = ansible_runner.run(
+            private_data_dir=private,
+            playbook=str(playbook("sweep.yml")),
+            inventory=str(inventory.resolve()),
+            limit=limit,
+            forks=forks,
+            envvars=_env(),
+            event_handler=handle,
+            quiet=True,
+            suppress_env_files=True,
+        )
+        result.status, result.rc = runner.status, runner.rc
+        silent = [h for h in hosts if h not in result.hosts]
+        if silent:
+            tail = _first_error(runner.stdout.read() if runner.stdout else "")
+            for host in silent:
+                record(
+                    host,
+                    HostError(
+                        kind="failed", message=f"no result from ansible ({runner.status}): {tail}"
+                    ),
+                )
+        # Hosts come back in inventory order, whatever order they finished in.
+        result.hosts = {h: result.hosts[h] for h in hosts if h in result.hosts} | {
+            h: o for h, o in result.hosts.items() if h not in hosts
+        }
+        return result

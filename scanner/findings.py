@@ -1,0 +1,126 @@
+"""Verdicts, findings and the versioned scan report (a contract other tools parse).
+
+Only additive changes to these models: `schema_version` stays 1 while fields are only added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from scanner import __version__
+from scanner.facts import HostFacts
+
+SCHEMA_VERSION = 1
+
+
+class Verdict(StrEnum):
+    AFFECTED = "affected"
+    AT_RISK = "at_risk"
+    PASS = "pass"
+    NOT_APPLICABLE = "not_applicable"
+    UNKNOWN = "unknown"
+
+    @property
+    def rank(self) -> int:
+        """Worst first: affected > unknown > at_risk > pass > not_applicable."""
+        return _RANK[self]
+
+
+_RANK = {
+    Verdict.AFFECTED: 4,
+    Verdict.UNKNOWN: 3,
+    Verdict.AT_RISK: 2,
+    Verdict.PASS: 1,
+    Verdict.NOT_APPLICABLE: 0,
+}
+
+Severity = Literal["critical", "high", "medium", "low", "info"]
+
+
+def worst(verdicts: list[Verdict]) -> Verdict:
+    return max(verdicts, key=lambda v: v.rank) if verdicts else Verdict.UNKNOWN
+
+
+def fingerprint(host: str, rule_id: str) -> str:
+    """Stable per host and rule, so a ticketing sink updates one issue instead of filing many."""
+    return hashlib.sha256(f"fleetscan\0{host}\0{rule_id}".encode()).hexdigest()[:32]
+
+
+class Evidence(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fact: str
+    value: Any = None
+    source: str | None = None
+
+
+class Finding(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rule_id: str
+    verdict: Verdict
+    severity: Severity
+    title: str
+    reason: str
+    evidence: list[Evidence] = Field(default_factory=list)
+    remediation: str = ""
+    fingerprint: str
+
+
+class HostError(BaseModel):
+    """Why a host has no facts: it could not be reached, the probe failed, or its output was junk."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["unreachable", "failed", "unparsable"]
+    message: str
+
+
+class HostReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str
+    verdict: Verdict
+    findings: list[Finding]
+    facts: HostFacts | None = None
+    error: HostError | None = None
+
+
+class Summary(BaseModel):
+    hosts: int = 0
+    affected: int = 0
+    at_risk: int = 0
+    # `pass` is a keyword; the JSON key stays "pass".
+    pass_: int = Field(0, alias="pass")
+    not_applicable: int = 0
+    unknown: int = 0
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "fleetscan"
+    version: str = __version__
+
+
+class ScanReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_version: int = SCHEMA_VERSION
+    tool: Tool = Field(default_factory=Tool)
+    generated_at: str = Field(
+        default_factory=lambda: (
+            datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        )
+    )
+    summary: Summary = Field(default_factory=Summary)
+    hosts: list[HostReport] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, hosts: list[HostReport]) -> ScanReport:
+        summary = Summary(hosts=len(hosts))
+        for host in hosts:
+            field = "pass_" if host.verdict is Verdict.PASS else host.verdict.value
+            setattr(summary, field, getattr(summary, field) + 1)
+        return cls(summary=summary, hosts=hosts)

@@ -1,0 +1,82 @@
+"""Read one host (live or an extracted tree) into a JSON-ready dict of evidence items.
+
+Read-only, standard library only, and it never raises: whatever goes wrong becomes the item's
+status and reason, so one unreadable file never costs the rest of the host.
+"""
+
+import platform
+import sys
+import time
+import traceback
+from typing import Any, Callable, Dict, Optional
+
+from . import cpu, items, kernel, kvm, la57
+from .items import Item, Root
+
+PROBE_VERSION = 1
+
+
+def _guard(name: str, read: Callable[[], Item]) -> Item:
+    try:
+        return read()
+    except Exception as exc:
+        last = traceback.extract_tb(sys.exc_info()[2])[-1]
+        return items.failed(
+            name,
+            items.ERROR,
+            "%s: internal error %s: %s (%s:%s)"
+            % (name, type(exc).__name__, exc, last.filename.rsplit("/", 1)[-1], last.lineno),
+        )
+
+
+def _value(item: Item) -> Any:
+    return item.get("value") if item.get("status") == items.OK else None
+
+
+def _kvm_builtin(config: Item, loaded: Item, sys_kvm: Item) -> Optional[bool]:
+    options = _value(config) or {}
+    if options.get("CONFIG_KVM") in ("y", "m"):
+        return bool(options["CONFIG_KVM"] == "y")
+    modules = _value(loaded)
+    present = (_value(sys_kvm) or {}).get("present")
+    if modules is not None and present is not None:
+        return bool(present) and "kvm" not in modules
+    return None
+
+
+def probe_host(root: str = "/") -> Dict[str, Any]:
+    started = time.time()
+    fs = Root(root)
+    found: Dict[str, Item] = {}
+
+    def take(name: str, read: Callable[[], Item]) -> Item:
+        found[name] = _guard(name, read)
+        return found[name]
+
+    take("machine", lambda: cpu.read_machine(fs))
+    take("cpuinfo", lambda: cpu.read_cpuinfo(fs))
+    take("lscpu", lambda: cpu.read_lscpu(fs))
+    release = _value(take("release", lambda: kernel.read_release(fs)))
+    take("version", lambda: kernel.read_version(fs))
+    take("cmdline", lambda: kernel.read_cmdline(fs))
+    take("hostname", lambda: kernel.read_hostname(fs))
+    take("os_release", lambda: kernel.read_os_release(fs))
+    config = take("config", lambda: kernel.read_config(fs, release))
+    loaded = take("modules", lambda: kvm.read_loaded_modules(fs))
+    sys_kvm = take("sys_kvm", lambda: kvm.read_sys_module(fs, "kvm"))
+    take("sys_kvm_amd", lambda: kvm.read_sys_module(fs, "kvm_amd"))
+    take("sys_kvm_intel", lambda: kvm.read_sys_module(fs, "kvm_intel"))
+    take("kvm_amd_ko", lambda: kvm.find_module_file(fs, release, "kvm-amd.ko"))
+    kvm_ko = take("kvm_ko", lambda: kvm.find_module_file(fs, release, "kvm.ko"))
+    builtin = _kvm_builtin(config, loaded, sys_kvm)
+    take("btf_mmu", lambda: kvm.read_btf_params(fs, builtin))
+    take("kvm_symtab", lambda: kvm.read_module_symbol(fs, kvm_ko))
+    take("system_map", lambda: kvm.read_system_map(fs, release))
+    take("la57_mmap", lambda: la57.probe_mmap(fs))
+    return {
+        "probe_version": PROBE_VERSION,
+        "root": fs.root,
+        "python": platform.python_version(),
+        "elapsed_ms": round((time.time() - started) * 1000, 1),
+        "items": found,
+    }

@@ -1,0 +1,92 @@
+"""The terminal table: one row per host, worst first."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from scanner.facts import HostFacts
+from scanner.findings import HostReport, ScanReport, Verdict
+
+STYLES = {
+    Verdict.AFFECTED: "bold red",
+    Verdict.UNKNOWN: "bold yellow",
+    Verdict.AT_RISK: "yellow",
+    Verdict.PASS: "green",
+    Verdict.NOT_APPLICABLE: "dim",
+}
+
+
+def _cpu(facts: HostFacts | None) -> str:
+    if facts is None:
+        return "-"
+    cpu = facts.cpu
+    vendor = {"AuthenticAMD": "AMD", "GenuineIntel": "Intel", "HygonGenuine": "Hygon"}.get(
+        cpu.vendor or "", cpu.vendor or "?"
+    )
+    ident = (
+        f"{cpu.family:#x}/{cpu.model:#x}"
+        if cpu.family is not None and cpu.model is not None
+        else ""
+    )
+    name = cpu.model_name or ""
+    guest = " (VM)" if cpu.hypervisor else ""
+    return " ".join(p for p in (vendor, ident, name) if p) + guest
+
+
+def _la57(facts: HostFacts | None) -> str:
+    if facts is None:
+        return "-"
+    cpu = facts.cpu
+    if cpu.la57_enabled:
+        return "on"
+    if cpu.la57_enabled is False:
+        return "off (capable)" if cpu.la57_capable else "off"
+    return "capable, state ?" if cpu.la57_capable else "?"
+
+
+def _fix(facts: HostFacts | None) -> str:
+    if facts is None:
+        return "-"
+    kvm = facts.kvm
+    if kvm.fix == "unknown":
+        return "unknown"
+    return f"{kvm.fix} ({kvm.fix_signal})"
+
+
+def _reason(host: HostReport) -> str:
+    worst = [f for f in host.findings if f.verdict == host.verdict]
+    return worst[0].reason if worst else ""
+
+
+def build(report: ScanReport) -> Table:
+    table = Table(title=f"fleetscan: {report.summary.hosts} host(s)", title_justify="left")
+    for column in ("host", "verdict", "CPU", "kernel", "LA57", "fix", "reason"):
+        table.add_column(column, overflow="fold")
+    for host in sorted(report.hosts, key=lambda h: (-h.verdict.rank, h.host)):
+        facts = host.facts
+        table.add_row(
+            host.host,
+            Text(host.verdict.value, style=STYLES[host.verdict]),
+            _cpu(facts),
+            (facts.kernel.release if facts else None) or "-",
+            _la57(facts),
+            _fix(facts),
+            _reason(host),
+        )
+    summary = report.summary
+    table.caption = (
+        f"affected {summary.affected}  unknown {summary.unknown}  at_risk {summary.at_risk}  "
+        f"pass {summary.pass_}  not_applicable {summary.not_applicable}"
+    )
+    return table
+
+
+def render(report: ScanReport, width: int = 160) -> str:
+    """Plain text, for tests and pipes."""
+    buffer = StringIO()
+    Console(file=buffer, width=width, no_color=True, force_terminal=False).print(build(report))
+    return buffer.getvalue()

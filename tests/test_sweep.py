@@ -1,0 +1,206 @@
+"""Real ansible-runner sweeps: local connection, and over a real sshd on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scanner.cli import main
+from tests.sshd import SshServer, free_port, running_sshd, unavailable_reason
+from tests.trees import DEBIAN_61, DEBIAN_510, Tree, debian_host, sample, without_flag
+
+PY = sys.executable
+LOCAL = f"ansible_connection=local ansible_python_interpreter={PY}"
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("trees")
+    specs = {
+        "affected": debian_host(DEBIAN_510, config_overrides={"CONFIG_X86_5LEVEL": "y"}),
+        "fixed": debian_host(DEBIAN_61),
+        "at-risk": debian_host(
+            DEBIAN_510, cpuinfo=without_flag(sample("bergamo-cpuinfo-2-guest.txt"), "la57")
+        ),
+        "rome": Tree(cpuinfo=sample("rome-cpuinfo-1.txt")),
+        "garbled": Tree(cpuinfo="\x00\x01 not a cpuinfo \xff" * 20),
+    }
+    for name, spec in specs.items():
+        spec.build(base / name)
+    # World-readable, so the sweep can also read them as an unprivileged SSH user.
+    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+    return {name: base / name for name in specs}
+
+
+def sweep_report(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any], str]:
+    code = main(["sweep", *argv, "--format", "json", "--fail-on", "never"])
+    out, err = capsys.readouterr()
+    return code, json.loads(out) if out else {}, err
+
+
+def test_local_sweep_every_host_comes_back(
+    capsys: pytest.CaptureFixture[str], trees: dict[str, Path], tmp_path: Path
+) -> None:
+    inventory = tmp_path / "inventory"
+    inventory.write_text(
+        "\n".join(
+            [
+                "[trees]",
+                *(f"{name} {LOCAL} fleetscan_root={path}" for name, path in trees.items()),
+                "[live]",
+                f"this-machine {LOCAL}",
+                "[broken]",
+                "no-python ansible_connection=local ansible_python_interpreter=/nonexistent/python3",
+                "",
+            ]
+        )
+    )
+    code, report, err = sweep_report(capsys, "-i", str(inventory), "--forks", "4")
+    assert code == 0
+    verdicts = {h["host"]: h["verdict"] for h in report["hosts"]}
+    assert verdicts == {
+        "affected": "affected",
+        "fixed": "pass",
+        "at-risk": "at_risk",
+        "rome": "not_applicable",
+        "garbled": "unknown",
+        "this-machine": verdicts["this-machine"],
+        "no-python": "unknown",
+    }
+    # Hosts keep inventory order; the live host is this machine, read through Ansible.
+    assert [h["host"] for h in report["hosts"]][:5] == list(trees)
+    hosts = {h["host"]: h for h in report["hosts"]}
+    live = hosts["this-machine"]["facts"]
+    assert live["kernel"]["release"] == __import__("os").uname().release
+    assert live["root"] == "/"
+    assert hosts["no-python"]["error"]["kind"] == "failed"
+    assert "/nonexistent/python3" in hosts["no-python"]["findings"][0]["reason"]
+    garbled = next(f for f in hosts["garbled"]["findings"] if f["rule_id"] == "kvm-amd-la57-npt")
+    assert "cpu.vendor" in garbled["reason"] and "unparsable" in garbled["reason"]
+    # Plain progress on a non-terminal stderr, one line per host.
+    assert "fleetscan: probing 7 host(s)" in err
+    assert err.count("] ") == 7
+
+
+def test_limit_narrows_the_sweep(
+    capsys: pytest.CaptureFixture[str], trees: dict[str, Path], tmp_path: Path
+) -> None:
+    inventory = tmp_path / "inventory"
+    inventory.write_text(
+        "\n".join(f"{n} {LOCAL} fleetscan_root={p}" for n, p in trees.items()) + "\n"
+    )
+    code, report, _ = sweep_report(capsys, "-i", str(inventory), "--limit", "fixed:rome")
+    assert code == 0
+    assert [h["host"] for h in report["hosts"]] == ["fixed", "rome"]
+    code, _out = (
+        main(["sweep", "-i", str(inventory), "--limit", "nothing-matches"]),
+        capsys.readouterr(),
+    )
+    assert code == 2
+    assert "no hosts selected with --limit 'nothing-matches'" in _out.err
+
+
+def test_bad_inventory_is_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    inventory = tmp_path / "broken.ini"
+    inventory.write_text("[group\nhost1 ansible_host=\n\tgarbage = = =\n")
+    code = main(["sweep", "-i", str(inventory)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"fleetscan: inventory {inventory}: ")
+    assert len(err.strip().splitlines()) == 1
+    code = main(["sweep", "-i", str(tmp_path / "missing.ini")])
+    assert code == 2 and "no such inventory" in capsys.readouterr().err
+
+
+def test_default_sweep_is_this_host_and_writes_a_valid_report(tmp_path: Path) -> None:
+    """README's first command, as a subprocess through the installed entry point."""
+    import jsonschema
+
+    output = tmp_path / "report.json"
+    fleetscan = str(Path(PY).parent / "fleetscan")
+    proc = subprocess.run(
+        [fleetscan, "sweep", "--output", str(output)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode in (0, 1), proc.stderr
+    assert "localhost" in proc.stdout
+    schema = json.loads(
+        subprocess.run([fleetscan, "schema"], capture_output=True, text=True, check=True).stdout
+    )
+    report = json.loads(output.read_text())
+    jsonschema.validate(report, schema)
+    assert [h["host"] for h in report["hosts"]] == ["localhost"]
+    assert report["hosts"][0]["facts"]["kernel"]["release"]
+
+
+# --- over real SSH ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+@pytest.mark.ssh
+def test_ssh_sweep_over_captured_trees_and_an_unreachable_host(
+    capsys: pytest.CaptureFixture[str], trees: dict[str, Path], sshd: SshServer, tmp_path: Path
+) -> None:
+    old_python = Path("/root/.pyenv/versions/3.8.18/bin/python3.8")
+    lines = ["[hypervisors]"]
+    for name in ("affected", "fixed", "at-risk", "rome"):
+        lines.append(
+            sshd.host_line(
+                f"ssh-{name}",
+                fleetscan_root=str(trees[name]),
+                ansible_python_interpreter="/usr/bin/python3",
+            )
+        )
+    if old_python.exists():
+        # ansible-core's oldest supported target Python here runs the same probe.
+        lines.append(
+            sshd.host_line(
+                "ssh-py38",
+                fleetscan_root=str(trees["fixed"]),
+                ansible_python_interpreter=str(old_python),
+            )
+        )
+    closed = free_port()
+    lines.append(
+        f"ssh-down ansible_host=127.0.0.1 ansible_port={closed} ansible_user=root "
+        f"ansible_ssh_private_key_file={sshd.client_key} ansible_ssh_common_args='-o UserKnownHostsFile={sshd.known_hosts}'"
+    )
+    inventory = tmp_path / "inventory"
+    inventory.write_text("\n".join(lines) + "\n")
+    code, report, _err = sweep_report(capsys, "-i", str(inventory), "--forks", "3")
+    assert code == 0, _err
+    verdicts = {h["host"]: h["verdict"] for h in report["hosts"]}
+    expected = {
+        "ssh-affected": "affected",
+        "ssh-fixed": "pass",
+        "ssh-at-risk": "at_risk",
+        "ssh-rome": "not_applicable",
+        "ssh-down": "unknown",
+    }
+    if old_python.exists():
+        expected["ssh-py38"] = "pass"
+    assert verdicts == expected
+    down = next(h for h in report["hosts"] if h["host"] == "ssh-down")
+    assert down["error"]["kind"] == "unreachable"
+    assert down["findings"][0]["reason"].startswith("unreachable: ")
+    assert down["facts"] is None
+    fixed = next(h for h in report["hosts"] if h["host"] == "ssh-fixed")
+    assert fixed["facts"]["root"] == str(trees["fixed"])
+    if old_python.exists():
+        py38 = next(h for h in report["hosts"] if h["host"] == "ssh-py38")
+        assert py38["facts"]["kvm"]["signals"] == fixed["facts"]["kvm"]["signals"]

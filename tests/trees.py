@@ -1,0 +1,150 @@
+"""Build host trees (a root directory the probe reads like a host) from real captures.
+
+CPU captures come from tests/data/samples (public sources, SOURCE line stripped here); kernel
+artefacts (kvm.ko, kvm-amd.ko, configs) from the shared Debian extraction, see kernels().
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+SAMPLES = DATA / "samples"
+REPO = Path(__file__).resolve().parent.parent
+
+DEBIAN_510 = "debian-5.10.262-1"
+DEBIAN_61 = "debian-6.1.192-2"
+RELEASES = {DEBIAN_510: "5.10.0-46-amd64", DEBIAN_61: "6.1.0-56-amd64"}
+
+
+def kernels_dir() -> Path | None:
+    configured = os.environ.get("FLEETSCAN_SHARED_KERNELS")
+    for candidate in (Path(configured) if configured else None, REPO.parent / "shared" / "kernels"):
+        if candidate is not None and (candidate / DEBIAN_61 / "kvm.ko").is_file():
+            return candidate
+    return None
+
+
+def kernel(version: str) -> Path:
+    """The shared Debian artefacts of one kernel, or skip the test saying what is missing."""
+    base = kernels_dir()
+    if base is None:
+        pytest.skip(
+            "Debian kernel artefacts not found: set FLEETSCAN_SHARED_KERNELS or provide ../shared/kernels"
+        )
+    return base / version
+
+
+def sample(name: str) -> str:
+    """A capture without its SOURCE line, as the host itself would show it."""
+    lines = (SAMPLES / name).read_text().splitlines(keepends=True)
+    return "".join(line for line in lines if not line.startswith("SOURCE:"))
+
+
+def without_flag(cpuinfo: str, flag: str) -> str:
+    """cpuinfo as a kernel shows it when it does not use `flag` (la57 under 4-level paging)."""
+    return "".join(
+        " ".join(w for w in line.split(" ") if w != flag) if line.startswith("flags") else line
+        for line in cpuinfo.splitlines(keepends=True)
+    )
+
+
+@dataclass
+class Tree:
+    cpuinfo: str | None = None
+    lscpu: str | None = None
+    release: str | None = "6.1.0-56-amd64"
+    version: str | None = None
+    cmdline: str | None = "BOOT_IMAGE=/boot/vmlinuz root=/dev/sda1 ro quiet"
+    os_release: str | None = (
+        'ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n'
+    )
+    config: Path | None = None
+    config_overrides: dict[str, str] = field(default_factory=dict)
+    loaded: list[str] | None = field(default_factory=lambda: ["kvm_amd", "ccp", "kvm", "irqbypass"])
+    sys_modules: dict[str, dict[str, str]] | None = field(
+        default_factory=lambda: {"kvm": {}, "kvm_amd": {"npt": "Y", "nested": "1"}}
+    )
+    kvm_ko: Path | None = None
+    kvm_amd_ko: Path | None = None
+    extra_files: dict[str, bytes | str] = field(default_factory=dict)
+
+    def build(self, root: Path) -> Path:
+        root.mkdir(parents=True, exist_ok=True)
+
+        def put(host_path: str, content: bytes | str) -> None:
+            target = root / host_path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            else:
+                target.write_text(content)
+
+        if self.cpuinfo is not None:
+            put("/proc/cpuinfo", self.cpuinfo)
+        if self.lscpu is not None:
+            put("/sos_commands/processor/lscpu", self.lscpu)
+        if self.release is not None:
+            put("/proc/sys/kernel/osrelease", self.release + "\n")
+            put(
+                "/proc/version",
+                (self.version or f"Linux version {self.release} (builder) #1 SMP") + "\n",
+            )
+        if self.cmdline is not None:
+            put("/proc/cmdline", self.cmdline + "\n")
+        if self.os_release is not None:
+            put("/etc/os-release", self.os_release)
+        if self.config is not None and self.release is not None:
+            text = self.config.read_text()
+            for option, value in self.config_overrides.items():
+                lines = [
+                    line
+                    for line in text.splitlines()
+                    if not (line.startswith(option + "=") or line == f"# {option} is not set")
+                ]
+                lines.append(f"# {option} is not set" if value == "n" else f"{option}={value}")
+                text = "\n".join(lines) + "\n"
+            put(f"/boot/config-{self.release}", text)
+        if self.loaded is not None:
+            put(
+                "/proc/modules",
+                "".join(f"{name} 16384 0 - Live 0x0000000000000000\n" for name in self.loaded),
+            )
+        if self.sys_modules is not None:
+            (root / "sys/module").mkdir(parents=True, exist_ok=True)
+            for module, params in self.sys_modules.items():
+                (root / "sys/module" / module).mkdir(parents=True, exist_ok=True)
+                for name, value in params.items():
+                    put(f"/sys/module/{module}/parameters/{name}", value + "\n")
+        if self.release is not None:
+            kvm_dir = f"/lib/modules/{self.release}/kernel/arch/x86/kvm"
+            (root / kvm_dir.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            for source, name in ((self.kvm_ko, "kvm.ko"), (self.kvm_amd_ko, "kvm-amd.ko")):
+                if source is not None:
+                    shutil.copyfile(source, root / kvm_dir.lstrip("/") / name)
+        for host_path, content in self.extra_files.items():
+            put(host_path, content)
+        return root
+
+
+def debian_host(
+    version: str, cpu_sample: str = "bergamo-cpuinfo-2-guest.txt", **changes: object
+) -> Tree:
+    """An AMD host tree running one of the shared Debian kernels."""
+    artefacts = kernel(version)
+    release = RELEASES[version]
+    tree = Tree(
+        cpuinfo=sample(cpu_sample),
+        release=release,
+        config=artefacts / f"config-{release}",
+        kvm_ko=artefacts / "kvm.ko",
+        kvm_amd_ko=artefacts / "kvm-amd.ko",
+    )
+    for name, value in changes.items():
+        setattr(tree, name, value)
+    return tree
