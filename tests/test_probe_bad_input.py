@@ -93,9 +93,7 @@ def test_corrupt_module_is_unparsable(tmp_path: Path) -> None:
     result = probe_host(str(root))
     item = result["items"]["kvm_symtab"]
     assert item["status"] == "unparsable"
-    assert item["reason"].startswith(
-        str("/lib/modules/6.1.0-56-amd64/kernel/arch/x86/kvm/kvm.ko: ")
-    )
+    assert item["reason"].startswith("/lib/modules/6.1.0-56-amd64/kernel/arch/x86/kvm/kvm.ko: ")
     facts = from_probe(result)
     # The version floor still decides for 6.1, and says so.
     assert (facts.kvm.fix, facts.kvm.fix_signal) == ("present", "version_floor")

@@ -13,7 +13,11 @@ from scanner.probe import probe_host
 from tests.trees import DEBIAN_61, REPO, debian_host
 
 PYENV = Path("/root/.pyenv/versions")
-OLD_PYTHONS = {"3.6": "3.6.15/bin/python3.6", "3.7": "3.7.16/bin/python3.7", "3.8": "3.8.18/bin/python3.8"}
+OLD_PYTHONS = {
+    "3.6": "3.6.15/bin/python3.6",
+    "3.7": "3.7.16/bin/python3.7",
+    "3.8": "3.8.18/bin/python3.8",
+}
 
 
 def comparable(output: dict[str, Any]) -> dict[str, Any]:

@@ -94,7 +94,7 @@ _M_SEC = (1 << _VAR) | (1 << _FUNC)  # DATASEC entries
 # global or extern (the kernel rejects any other bit).
 _FUNC_INFOS = (_FUNC << 24, (_FUNC << 24) | 1, (_FUNC << 24) | 2)
 _FUNC_INFO_RE = b"[\\x00-\\x02]\\x00\\x00\\x0c"  # the same, as little-endian bytes
-# How many name offsets to look up with bytes.find before scanning records instead.
+# How many name offsets to byte-search for before checking every record instead.
 _MAX_FIND_OFFSETS = 12
 # Inference: the winner must explain at least this share of the module's strings/types,
 # and no runner-up may reach this share of the winner's score.
@@ -152,9 +152,12 @@ def function_params(data: bytes, name: str, base: Optional[bytes] = None) -> Opt
 
     ``data`` is self-contained BTF or split BTF; ``base`` the base BTF of split ``data``
     (ignored, and ``base="none"`` reported, when ``data`` is self-contained).  With split
-    ``data`` and no ``base`` the base's geometry is inferred.  If several FUNCs carry the
-    name, the one with the lowest type id wins.  Only FUNCs of ``data`` itself are looked
-    at, never those of ``base``.
+    ``data`` and no ``base`` the base's geometry is inferred; then a FUNC whose name is
+    only in the base's strings cannot be recognised (None), and one whose prototype or
+    parameter names live in the base raises.  If several FUNCs carry the name, the one
+    with the lowest type id wins.  Only FUNCs of ``data`` itself are looked at, never
+    those of ``base``.  Only records up to the answer are walked, so damage further on
+    goes unnoticed.
     """
     try:
         return _function_params(data, name, base)

@@ -62,7 +62,7 @@ def kernel_file(version: str, name: str) -> bytes:
         )
     path = root / version / name
     if not path.is_file():
-        pytest.skip("%s missing from %s" % (path.relative_to(root), root))
+        pytest.skip(f"{path.relative_to(root)} missing from {root}")
     return path.read_bytes()
 
 
@@ -80,7 +80,7 @@ def vmlinux() -> bytes:
     try:
         return VMLINUX.read_bytes()
     except OSError as exc:
-        pytest.skip("%s unreadable: %s" % (VMLINUX, exc))
+        pytest.skip(f"{VMLINUX} unreadable: {exc}")
 
 
 # ------------------------------------------------------------------ bpftool raw dumps
@@ -166,7 +166,7 @@ class _Ref:
             kind = (info >> 24) & 0x1F
             fixed, per = EXTRA[kind]
             size = 12 + fixed + per * (info & 0xFFFF)
-            extra = list(struct.unpack_from("<%dI" % ((size - 12) // 4), types, p + 12))
+            extra = list(struct.unpack_from(f"<{(size - 12) // 4}I", types, p + 12))
             self.records.append([kind, name, info, size_type, extra])
             p += size
 
@@ -192,7 +192,7 @@ class _Ref:
 
 def pack_types(records: list[list[Any]]) -> bytes:
     return b"".join(
-        struct.pack("<III", r[1], r[2], r[3]) + struct.pack("<%dI" % len(r[4]), *r[4])
+        struct.pack("<III", r[1], r[2], r[3]) + struct.pack(f"<{len(r[4])}I", *r[4])
         for r in records
     )
 
@@ -262,7 +262,7 @@ def test_vmlinux_kvm_configure_mmu_matches_bpftool(vmlinux: bytes, vmlinux_dump:
     got = btf.function_params(vmlinux, MMU)
     if expected is None:
         assert got is None
-        pytest.skip("this kernel's BTF has no %s (kvm not built in)" % MMU)
+        pytest.skip(f"this kernel's BTF has no {MMU} (kvm not built in)")
     assert got == btf.FuncParams(expected, "none")
     assert got.names in (FIXED, UNFIXED)
 
@@ -305,14 +305,14 @@ def test_vmlinux_matches_naive_parser(vmlinux: bytes, vmlinux_ref: "_Ref") -> No
     funcs = [ref.string(r[1]) for r in ref.records if r[0] == 12]
     rng = random.Random(7)
     for name in [MMU, "vfs_read", *rng.sample(funcs, 10)]:
-        assert btf.function_params(vmlinux, name) == (
-            None if ref.params(name) is None else btf.FuncParams(ref.params(name), "none")
-        ), name
+        expected = ref.params(name)
+        got = btf.function_params(vmlinux, name)
+        assert got == (None if expected is None else btf.FuncParams(expected, "none")), name
 
 
 def test_vmlinux_speed(vmlinux: bytes) -> None:
     best = min(_cpu(lambda: btf.function_params(vmlinux, MMU)) for _ in range(3))
-    assert best < 0.1, "function_params(vmlinux, %s) took %.1f ms CPU" % (MMU, best * 1e3)
+    assert best < 0.1, f"function_params(vmlinux, {MMU}) took {best * 1e3:.1f} ms CPU"
 
 
 def _cpu(fn: Any) -> float:
@@ -443,11 +443,11 @@ class Split:
         add("cctx_ptr", rec(2, 0, 0, ids["const_ctx"]))
         # fleetscan_fn0 .. fn7: prototype first, then the FUNC (the usual layout).
         for i in range(8):
-            params = [s("p_ctx"), ids["ctx_ptr"], s("p_level%d" % i), base_int]
+            params = [s("p_ctx"), ids["ctx_ptr"], s(f"p_level{i}"), base_int]
             if i % 2:
                 params += [0, ids["cctx_ptr"]]  # an unnamed parameter
-            proto = add("proto%d" % i, rec(13, 0, len(params) // 2, base_int, *params))
-            add("fn%d" % i, rec(12, s("fleetscan_fn%d" % i), 1, proto))
+            proto = add(f"proto{i}", rec(13, 0, len(params) // 2, base_int, *params))
+            add(f"fn{i}", rec(12, s(f"fleetscan_fn{i}"), 1, proto))
         # A FUNC whose prototype comes after it.
         fid = add("late_fn", rec(12, s("fleetscan_late"), 0, 0))
         proto = add("late_proto", rec(13, 0, 2, 0, s("p_first"), ids["vcpu_ptr"],
@@ -470,7 +470,7 @@ def split(vmlinux_ref: _Ref) -> Split:
     try:
         return Split(vmlinux_ref)
     except LookupError as exc:
-        pytest.skip("this vmlinux BTF lacks a type the synthetic split needs: %s" % exc)
+        pytest.skip(f"this vmlinux BTF lacks a type the synthetic split needs: {exc}")
 
 
 LOCAL_FUNCS = {
@@ -572,9 +572,9 @@ GOOD = tiny([rec(1, 0, 0, 4, 32), rec(13, 0, 1, 1, 3, 1), rec(12, 1, 0, 2)])
 def test_tiny_good() -> None:
     assert btf.is_btf(GOOD)
     assert btf.function_params(GOOD, "f") == btf.FuncParams(["p"], "none")
-    assert btf.function_params(GOOD, b"f") == btf.FuncParams(["p"], "none")
+    assert btf.function_params(GOOD, b"f") == btf.FuncParams(["p"], "none")  # type: ignore[arg-type]
     assert btf.function_params(GOOD, "p") is None
-    assert btf.function_params(bytearray(GOOD), "f") == btf.FuncParams(["p"], "none")
+    assert btf.function_params(bytearray(GOOD), "f") == btf.FuncParams(["p"], "none")  # type: ignore[arg-type]
     # A self-contained blob ignores a base passed along.
     assert btf.function_params(GOOD, "f", GOOD) == btf.FuncParams(["p"], "none")
 
@@ -639,12 +639,21 @@ def test_is_btf() -> None:
 def test_inference_refuses_when_undecidable() -> None:
     # Two records: a FUNC and its prototype.  Too little structure to pin the base down.
     blob = build_btf(pack_types([rec(13, 0, 1, 1, 102, 1), rec(12, 100, 0, 51)]), b"f\0p\0")
-    with pytest.raises(btf.BtfFormatError, match="ambiguous|cannot infer"):
+    with pytest.raises(btf.BtfFormatError, match=r"ambiguous|cannot infer"):
         btf.function_params(blob, "f")
     # Most module strings unreferenced: no base string length explains them.
     blob = build_btf(pack_types([rec(13, 0, 1, 1, 0, 1), rec(12, 100, 0, 51)]), b"f\0p\0q\0r\0")
-    with pytest.raises(btf.BtfFormatError, match="ambiguous|cannot infer"):
+    with pytest.raises(btf.BtfFormatError, match=r"ambiguous|cannot infer"):
         btf.function_params(blob, "f")
+
+
+def test_inference_refuses_low_coverage() -> None:
+    # One clear best base string length, but it leaves most module strings unreferenced.
+    strs = b"f\0param\0q\0" + b"".join(b"unused%d\0" % i for i in range(5))
+    base = 500
+    records = [rec(13, 0, 2, 1, base + 2, 1, base + 8, 1), rec(12, base, 0, 51)]
+    with pytest.raises(btf.BtfFormatError, match="explains only 3 of 8 module strings"):
+        btf.function_params(build_btf(pack_types(records), strs), "f")
 
 
 def test_overlapping_candidate_is_found() -> None:
@@ -685,7 +694,9 @@ def _ok_or_btf_error(data: bytes, name: str = MMU, base: bytes | None = None) ->
     except btf.BtfFormatError as exc:
         assert str(exc) and "\n" not in str(exc)
         return
-    assert got is None or (isinstance(got, btf.FuncParams) and got.base in {"none", "inferred", "given"})
+    assert got is None or (
+        isinstance(got, btf.FuncParams) and got.base in {"none", "inferred", "given"}
+    )
     assert got is None or all(isinstance(n, str) for n in got.names)
 
 
