@@ -40,6 +40,14 @@ def kernel(version: str) -> Path:
     return base / version
 
 
+def kernel_file(version: str, name: str) -> bytes:
+    """One shared Debian artefact's bytes (e.g. kvm.ko), or skip saying what is missing."""
+    path = kernel(version) / name
+    if not path.is_file():
+        pytest.skip(f"{path} missing from the shared kernel artefacts")
+    return path.read_bytes()
+
+
 def sample(name: str) -> str:
     """A capture without its SOURCE line, as the host itself would show it."""
     lines = (SAMPLES / name).read_text().splitlines(keepends=True)

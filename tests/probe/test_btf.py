@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scanner.probe import btf, elf
+from tests.trees import kernel_file
 
-REPO = Path(__file__).resolve().parents[2]
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
 MMU = "kvm_configure_mmu"
 FIXED = ["enable_tdp", "tdp_forced_root_level", "tdp_max_root_level", "tdp_huge_page_level"]
@@ -43,27 +43,6 @@ FUZZ = settings(
 )
 
 # ------------------------------------------------------------------------ locating inputs
-
-
-def shared_kernels() -> Path | None:
-    env = os.environ.get("FLEETSCAN_SHARED_KERNELS")
-    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "kernels"]:
-        if cand.is_dir():
-            return cand
-    return None
-
-
-def kernel_file(version: str, name: str) -> bytes:
-    root = shared_kernels()
-    if root is None:
-        pytest.skip(
-            "Debian kernel artefacts absent: set FLEETSCAN_SHARED_KERNELS or provide "
-            "../shared/kernels next to the repository"
-        )
-    path = root / version / name
-    if not path.is_file():
-        pytest.skip(f"{path.relative_to(root)} missing from {root}")
-    return path.read_bytes()
 
 
 def bpftool() -> str:

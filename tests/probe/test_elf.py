@@ -2,7 +2,6 @@
 
 import _struct
 import functools
-import os
 import random
 import re
 import shutil
@@ -21,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scanner.probe import elf
+from tests.trees import kernel_file
 
-REPO = Path(__file__).resolve().parents[2]
 VERSIONS = ["debian-5.10.262-1", "debian-6.1.192-2"]
 MODULES = ["kvm.ko", "kvm-amd.ko"]
 FUZZ = settings(
@@ -38,27 +37,6 @@ SH_TYPES = {
     for name, value in table.items()
     if name != "_default_"
 }
-
-
-def shared_kernels() -> Path | None:
-    env = os.environ.get("FLEETSCAN_SHARED_KERNELS")
-    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "kernels"]:
-        if cand.is_dir():
-            return cand
-    return None
-
-
-def kernel_file(version: str, name: str) -> bytes:
-    root = shared_kernels()
-    if root is None:
-        pytest.skip(
-            "Debian kernel artefacts absent: set FLEETSCAN_SHARED_KERNELS or provide "
-            "../shared/kernels next to the repository"
-        )
-    path = root / version / name
-    if not path.is_file():
-        pytest.skip(f"{path.relative_to(root)} missing from {root}")
-    return path.read_bytes()
 
 
 def _is_elf64le(path: Path) -> bool:

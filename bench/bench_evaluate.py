@@ -1,0 +1,52 @@
+"""Controller cost per host: probe output -> typed facts -> verdicts -> JSON report.
+
+Run: .venv/bin/python bench/bench_evaluate.py [HOSTS]
+Baseline, measured in the same run: json round trip of the same probe outputs (the least the
+controller must do with what Ansible hands back). The ratio shows what facts and rules add.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scanner.evaluate import evaluate_host
+from scanner.facts import from_probe
+from scanner.findings import ScanReport
+from scanner.probe import probe_host
+from scanner.report import json as json_report
+from scanner.resources import rules_dir
+from scanner.rules import load_rules
+
+
+def main() -> None:
+    hosts = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    raw = json.dumps(probe_host("/"))
+    rules = load_rules(rules_dir())
+
+    start = time.process_time()
+    for _ in range(hosts):
+        json.dumps(json.loads(raw))
+    baseline = time.process_time() - start
+
+    tracemalloc.start()
+    start = time.process_time()
+    reports = [evaluate_host(rules, f"host{i}", from_probe(json.loads(raw))) for i in range(hosts)]
+    text = json_report.render(ScanReport.of(reports))
+    elapsed = time.process_time() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+
+    print(f"hosts: {hosts}, report: {len(text) / 1e6:.1f} MB")
+    print(f"baseline (json round trip): {baseline / hosts * 1000:.3f} ms CPU/host")
+    print(f"facts + rules + report:     {elapsed / hosts * 1000:.3f} ms CPU/host")
+    print(f"ratio: {elapsed / baseline:.1f}x baseline; peak traced memory {peak / 1e6:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
