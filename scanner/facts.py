@@ -14,9 +14,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from scanner import knowledge
+
 FixOutcome = Literal["present", "absent", "no_evidence", "unreadable", "not_applicable"]
 Fix = Literal["present", "absent", "unknown"]
 KvmState = Literal["unfixed", "refuses", "fixed", "unknown"]
+Confidence = Literal["high", "medium", "low"]
 
 AMD_VENDORS = ("AuthenticAMD", "HygonGenuine")
 CR4_LA57 = 1 << 12
@@ -45,6 +48,7 @@ class FixSignal(BaseModel):
     outcome: FixOutcome
     source: str | None = None
     detail: str
+    stream: str | None = None
 
 
 class _Section(BaseModel):
@@ -85,8 +89,13 @@ class KernelFacts(_Section):
     debug_info_btf_modules: str | None = None
     kallsyms_all: str | None = None
     config_modules: str | None = None
+    log_refusal: bool | None = None
+    changelog_fix: bool | None = None
+    changelog_svm: bool | None = None
+    changelog_refusal: bool | None = None
     # derived
     base_version: str | None = None
+    package_version: str | None = None
     no5lvl: bool | None = None
     five_level_paging: bool | None = None
 
@@ -113,12 +122,18 @@ class KvmFacts(_Section):
     btf_base: str | None = None
     symtab_tdp_root_level: bool | None = None
     system_map_tdp_root_level: bool | None = None
+    kallsyms_tdp_root_level: bool | None = None
+    amd_refusal_string: bool | None = None
     # derived
     amd_available: bool | None = None
     npt_enabled: bool | None = None
     signals: list[FixSignal] = Field(default_factory=list)
     fix: Fix = "unknown"
     fix_signal: str | None = None
+    fix_confidence: Confidence | None = None
+    contradiction: bool | None = None
+    contradiction_detail: str | None = None
+    kb_stream: str | None = None
     state: KvmState = "unknown"
 
 
@@ -229,6 +244,7 @@ def from_probe(raw: Any) -> HostFacts:
     build = _Builder(parsed)
     _cpu(build)
     _kernel(build)
+    _kernel_evidence(build)
     _os(build)
     _kvm(build)
     hostname = build.item("hostname")
@@ -292,11 +308,19 @@ def _cpu(build: _Builder) -> None:
         build.set("cpu.la57_mmap", bool(mmap_probe.value.get("above_47_bits")), mmap_probe.source)
     else:
         build.missing("cpu.la57_mmap", mmap_probe.why())
-    cr4 = build.item("cr4")
-    if cr4.ok and isinstance(cr4.value, dict) and isinstance(cr4.value.get("value"), int):
-        build.set("cpu.cr4", cr4.value["value"], cr4.source)
+    log = build.item("kernel_log")
+    dump = log.value.get("cr4") if log.ok and isinstance(log.value, dict) else None
+    if isinstance(dump, dict) and isinstance(dump.get("value"), int):
+        stamp = dump.get("timestamp")
+        where = f"{log.source}, register dump at {stamp} s" if stamp else log.source
+        build.set("cpu.cr4", dump["value"], where)
+    elif log.ok:
+        lines = log.value.get("lines") if isinstance(log.value, dict) else None
+        build.missing(
+            "cpu.cr4", f"{log.source}: no register dump with CR4 since boot ({lines} lines)"
+        )
     else:
-        build.missing("cpu.cr4", cr4.why())
+        build.missing("cpu.cr4", log.why())
 
 
 def _kernel(build: _Builder) -> None:
@@ -329,6 +353,33 @@ def _kernel(build: _Builder) -> None:
             value = int(value) if str(value).isdigit() else None
         source = config.source if key in options else f"{config.source} (option absent)"
         build.set(path, value, source)
+
+
+def _kernel_evidence(build: _Builder) -> None:
+    log = build.item("kernel_log")
+    if log.ok and isinstance(log.value, dict):
+        refusal = log.value.get("refusal")
+        where = log.source
+        if isinstance(refusal, dict) and refusal.get("timestamp"):
+            where = f"{log.source} at {refusal['timestamp']} s"
+        build.set("kernel.log_refusal", bool(refusal), where)
+    else:
+        build.missing("kernel.log_refusal", log.why())
+    changelog = build.item("changelog")
+    subjects = (
+        changelog.value.get("subjects")
+        if changelog.ok and isinstance(changelog.value, dict)
+        else None
+    )
+    for fact, key in (
+        ("changelog_fix", "fix"),
+        ("changelog_svm", "svm"),
+        ("changelog_refusal", "refuse"),
+    ):
+        if isinstance(subjects, dict) and key in subjects:
+            build.set(f"kernel.{fact}", bool(subjects[key]), changelog.source)
+        else:
+            build.missing(f"kernel.{fact}", changelog.why())
 
 
 def _os(build: _Builder) -> None:
@@ -429,13 +480,15 @@ def _kvm(build: _Builder) -> None:
     else:
         build.missing("kvm.btf_params", btf_item.why())
 
-    for fact, name in (
-        ("symtab_tdp_root_level", "kvm_symtab"),
-        ("system_map_tdp_root_level", "system_map"),
+    for fact, name, key in (
+        ("symtab_tdp_root_level", "kvm_symtab", "defined"),
+        ("system_map_tdp_root_level", "system_map", "defined"),
+        ("kallsyms_tdp_root_level", "kallsyms", "defined"),
+        ("amd_refusal_string", "kvm_amd_refusal", "found"),
     ):
         item = build.item(name)
         if item.ok and isinstance(item.value, dict):
-            build.set(f"kvm.{fact}", bool(item.value.get("defined")), item.source)
+            build.set(f"kvm.{fact}", bool(item.value.get(key)), item.source)
         else:
             build.missing(f"kvm.{fact}", item.why())
 
@@ -553,6 +606,21 @@ def _derive_kernel(facts: HostFacts) -> None:
         )
     else:
         _derived(facts, "kernel.five_level_paging", None, _why(facts, "kernel.x86_5level"))
+    package = knowledge.debian_package_version(kernel.version)
+    if package is not None:
+        _derived(
+            facts,
+            "kernel.package_version",
+            package,
+            f"kernel.version ({_source(facts, 'kernel.version')})",
+        )
+    else:
+        _derived(
+            facts,
+            "kernel.package_version",
+            None,
+            "no distribution package version in /proc/version",
+        )
 
 
 def _derive_kvm(facts: HostFacts) -> None:
@@ -588,27 +656,67 @@ def _derive_kvm(facts: HostFacts) -> None:
     else:
         _derived(facts, "kvm.npt_enabled", None, _why(facts, "kvm.npt_param"))
 
-    kvm.signals = _fix_signals(facts)
-    decided = next((s for s in kvm.signals if s.outcome in ("present", "absent")), None)
-    if decided is not None:
-        assert decided.outcome in ("present", "absent")
-        fix: Fix = "present" if decided.outcome == "present" else "absent"
-        _derived(facts, "kvm.fix", fix, f"{decided.name}: {decided.detail}")
-        _derived(facts, "kvm.fix_signal", decided.name, decided.source or decided.name)
-    else:
-        kvm.fix = "unknown"
-        facts.provenance["kvm.fix"] = Provenance(
-            reason="no signal decided: " + "; ".join(f"{s.name}: {s.detail}" for s in kvm.signals)
-        )
-        _derived(facts, "kvm.fix_signal", None, "no signal decided")
+    kvm.signals = fix_signals(facts)
+    _decide_fix(facts)
+    _derive_state(facts)
 
+
+def _decide_fix(facts: HostFacts) -> None:
+    """The highest-precedence decisive signal wins, except that disagreement never passes.
+
+    When signals disagree and the winner says "present", the fix is unknown: a host is never
+    passed on evidence that something else contradicts. When the winner says "absent", it
+    stands (the conservative answer), and the contradiction is recorded either way.
+    """
+    kvm = facts.kvm
+    decisive = [s for s in kvm.signals if s.outcome in ("present", "absent")]
+    present = next((s for s in decisive if s.outcome == "present"), None)
+    absent = next((s for s in decisive if s.outcome == "absent"), None)
+    kvm.kb_stream = next((s.stream for s in kvm.signals if s.stream), None)
+    if present and absent:
+        detail = (
+            f"{present.name} says present ({present.detail}) but "
+            f"{absent.name} says absent ({absent.detail})"
+        )
+        _derived(facts, "kvm.contradiction", True, detail)
+        kvm.contradiction_detail = detail
+        facts.provenance["kvm.contradiction_detail"] = Provenance(
+            source=f"{present.name}, {absent.name}"
+        )
+    else:
+        _derived(
+            facts, "kvm.contradiction", False, "signals agree" if decisive else "no decisive signal"
+        )
+        kvm.contradiction_detail = None
+        facts.provenance["kvm.contradiction_detail"] = Provenance(reason="no contradiction")
+    winner = decisive[0] if decisive else None
+    if winner is None or (winner.outcome == "present" and absent is not None):
+        kvm.fix, kvm.fix_signal, kvm.fix_confidence = "unknown", None, None
+        if winner is None:
+            reason = "no signal decided: " + "; ".join(f"{s.name}: {s.detail}" for s in kvm.signals)
+        else:
+            reason = f"signals disagree: {kvm.contradiction_detail}"
+        facts.provenance["kvm.fix"] = Provenance(reason=reason)
+        facts.provenance["kvm.fix_signal"] = Provenance(reason=reason)
+        facts.provenance["kvm.fix_confidence"] = Provenance(reason=reason)
+        return
+    fix: Fix = "present" if winner.outcome == "present" else "absent"
+    _derived(facts, "kvm.fix", fix, f"{winner.name}: {winner.detail}")
+    _derived(facts, "kvm.fix_signal", winner.name, winner.source or winner.name)
+    _derived(facts, "kvm.fix_confidence", SIGNAL_CONFIDENCE[winner.name], f"{winner.name} signal")
+
+
+def _derive_state(facts: HostFacts) -> None:
+    kvm = facts.kvm
     version = base_version(facts.kernel.release)
+    refusal_seen = bool(kvm.amd_refusal_string or facts.kernel.log_refusal)
+    in_refusal_window = (
+        version is not None and REFUSAL_VERSIONS[0] <= version[:2] < REFUSAL_VERSIONS[1]
+    )
     if kvm.fix == "present":
         kvm.state = "fixed"
-    elif (
-        kvm.fix == "absent"
-        and version is not None
-        and REFUSAL_VERSIONS[0] <= version[:2] < REFUSAL_VERSIONS[1]
+    elif kvm.fix == "absent" and (
+        refusal_seen or in_refusal_window or facts.kernel.changelog_refusal
     ):
         kvm.state = "refuses"
     elif kvm.fix == "absent":
@@ -619,104 +727,185 @@ def _derive_kvm(facts: HostFacts) -> None:
         fix_reason = facts.provenance["kvm.fix"].reason
         facts.provenance["kvm.state"] = Provenance(reason=f"kvm.fix is unknown ({fix_reason})")
     else:
-        facts.provenance["kvm.state"] = Provenance(
-            source=f"kvm.fix={kvm.fix}, kernel.base_version={facts.kernel.base_version}"
+        why = (
+            "refusal evidence"
+            if refusal_seen
+            else f"kernel.base_version={facts.kernel.base_version}"
         )
+        facts.provenance["kvm.state"] = Provenance(source=f"kvm.fix={kvm.fix}, {why}")
 
 
-def _fix_signals(facts: HostFacts) -> list[FixSignal]:
-    """Every signal's outcome, in precedence order: BTF, module symbols, System.map, version."""
-    kvm = facts.kvm
-    signals = []
-    if kvm.btf_params is not None:
-        params = ", ".join(kvm.btf_params)
-        if FIX_PARAMETER in kvm.btf_params:
-            outcome: FixOutcome = "present"
-            detail = f"kvm_configure_mmu({params}) has {FIX_PARAMETER}"
-        else:
-            outcome = "absent"
-            detail = f"kvm_configure_mmu({params}) lacks {FIX_PARAMETER}"
-        signals.append(
-            FixSignal(
-                name="btf", outcome=outcome, source=_source(facts, "kvm.btf_params"), detail=detail
-            )
-        )
-    else:
-        signals.append(
-            FixSignal(
-                name="btf", outcome="unreadable", source=None, detail=_why(facts, "kvm.btf_params")
-            )
-        )
+# --- fix signals, in precedence order ----------------------------------------------------
 
-    if kvm.symtab_tdp_root_level is not None:
-        signals.append(
-            FixSignal(
-                name="module_symtab",
-                outcome="present" if kvm.symtab_tdp_root_level else "absent",
-                source=_source(facts, "kvm.symtab_tdp_root_level"),
-                detail="kvm.ko %s tdp_root_level"
-                % ("defines" if kvm.symtab_tdp_root_level else "lacks"),
-            )
-        )
-    else:
-        signals.append(
-            FixSignal(
-                name="module_symtab",
-                outcome="unreadable",
-                detail=_why(facts, "kvm.symtab_tdp_root_level"),
-            )
-        )
+SIGNAL_CONFIDENCE: dict[str, Confidence] = {
+    "btf": "high",
+    "module_symtab": "high",
+    "system_map": "high",
+    "refusal": "high",
+    "kallsyms": "high",
+    "changelog": "medium",
+    "knowledge_base": "low",
+    "version_floor": "low",
+}
 
-    if kvm.builtin is False:
-        signals.append(
-            FixSignal(
-                name="system_map",
-                outcome="not_applicable",
-                detail="kvm is a module: its symbols are not in System.map",
-            )
-        )
-    elif kvm.system_map_tdp_root_level is not None and kvm.builtin:
-        signals.append(
-            FixSignal(
-                name="system_map",
-                outcome="present" if kvm.system_map_tdp_root_level else "absent",
-                source=_source(facts, "kvm.system_map_tdp_root_level"),
-                detail="System.map %s tdp_root_level"
-                % ("lists" if kvm.system_map_tdp_root_level else "lacks"),
-            )
-        )
-    else:
-        reason = (
-            _why(facts, "kvm.system_map_tdp_root_level")
-            if kvm.system_map_tdp_root_level is None
-            else "unknown whether kvm is built in"
-        )
-        signals.append(FixSignal(name="system_map", outcome="unreadable", detail=reason))
 
+def _signal(name: str, outcome: FixOutcome, detail: str, source: str | None = None) -> FixSignal:
+    return FixSignal(name=name, outcome=outcome, source=source, detail=detail)
+
+
+def _btf_signal(facts: HostFacts) -> FixSignal:
+    params = facts.kvm.btf_params
+    if params is None:
+        return _signal("btf", "unreadable", _why(facts, "kvm.btf_params"))
+    source = _source(facts, "kvm.btf_params")
+    shown = f"kvm_configure_mmu({', '.join(params)})"
+    if facts.kvm.btf_base == "inferred":
+        shown += " [base BTF inferred]"
+    if not params or params[0] != "enable_tdp":
+        return _signal(
+            "btf", "unreadable", f"{shown} is not KVM's prototype (wrong base BTF?)", source
+        )
+    if FIX_PARAMETER in params:
+        return _signal("btf", "present", f"{shown} has {FIX_PARAMETER}", source)
+    return _signal("btf", "absent", f"{shown} lacks {FIX_PARAMETER}", source)
+
+
+def _symbol_signal(facts: HostFacts, name: str, path: str, where: str) -> FixSignal:
+    defined = facts.lookup(path)[0]
+    if defined is None:
+        return _signal(name, "unreadable", _why(facts, path))
+    verb = "defines" if defined else "lacks"
+    return _signal(
+        name,
+        "present" if defined else "absent",
+        f"{where} {verb} tdp_root_level",
+        _source(facts, path),
+    )
+
+
+def _module_symtab_signal(facts: HostFacts) -> FixSignal:
+    return _symbol_signal(facts, "module_symtab", "kvm.symtab_tdp_root_level", "kvm.ko")
+
+
+def _system_map_signal(facts: HostFacts) -> FixSignal:
+    if facts.kvm.builtin is False:
+        return _signal(
+            "system_map", "not_applicable", "kvm is a module: its symbols are not in System.map"
+        )
+    if facts.kvm.builtin is None and facts.kvm.system_map_tdp_root_level is not None:
+        return _signal("system_map", "unreadable", "unknown whether kvm is built in")
+    return _symbol_signal(facts, "system_map", "kvm.system_map_tdp_root_level", "System.map")
+
+
+def _refusal_signal(facts: HostFacts) -> FixSignal:
+    """03ca4589's refusal exists only where the fix does not (state "refuses")."""
+    if facts.kvm.amd_refusal_string:
+        source = _source(facts, "kvm.amd_refusal_string")
+        return _signal(
+            "refusal",
+            "absent",
+            "kvm-amd.ko refuses 5-level paging (03ca4589 without the fix)",
+            source,
+        )
+    if facts.kernel.log_refusal:
+        source = _source(facts, "kernel.log_refusal")
+        return _signal(
+            "refusal", "absent", "the kernel log shows kvm_amd refusing 5-level paging", source
+        )
+    if facts.kvm.amd_refusal_string is False:
+        return _signal(
+            "refusal",
+            "no_evidence",
+            "kvm-amd.ko has no refusal string (absent when fixed, and when built without X86_5LEVEL)",
+            _source(facts, "kvm.amd_refusal_string"),
+        )
+    return _signal("refusal", "unreadable", _why(facts, "kvm.amd_refusal_string"))
+
+
+def _kallsyms_signal(facts: HostFacts) -> FixSignal:
+    if facts.kernel.kallsyms_all is not None and facts.kernel.kallsyms_all != "y":
+        detail = f"CONFIG_KALLSYMS_ALL={facts.kernel.kallsyms_all}: data symbols are not in /proc/kallsyms"
+        return _signal("kallsyms", "not_applicable", detail)
+    if facts.kvm.builtin is False and facts.kvm.kvm_loaded is False:
+        return _signal(
+            "kallsyms",
+            "not_applicable",
+            "kvm module not loaded: its symbols are not in /proc/kallsyms",
+        )
+    return _symbol_signal(facts, "kallsyms", "kvm.kallsyms_tdp_root_level", "/proc/kallsyms")
+
+
+def _changelog_signal(facts: HostFacts) -> FixSignal:
+    """Changelogs list backports only: a subject proves one, silence proves nothing."""
+    kernel = facts.kernel
+    if kernel.changelog_fix is None:
+        return _signal("changelog", "unreadable", _why(facts, "kernel.changelog_fix"))
+    source = _source(facts, "kernel.changelog_fix")
+    version = base_version(kernel.release)
+    if version is not None and version[:2] >= FIX_VERSION:
+        return _signal(
+            "changelog",
+            "not_applicable",
+            "base 5.15 or later has the fix from mainline; changelogs list only backports",
+            source,
+        )
+    if kernel.changelog_fix and kernel.changelog_svm:
+        return _signal(
+            "changelog", "present", "lists the backport of 746700d21fd5 and 43e540cc9f2c", source
+        )
+    if kernel.changelog_fix or kernel.changelog_svm:
+        which = "746700d21fd5" if kernel.changelog_fix else "43e540cc9f2c"
+        return _signal(
+            "changelog", "no_evidence", f"lists only {which}: a partial backport", source
+        )
+    if kernel.changelog_refusal:
+        return _signal(
+            "changelog", "absent", "lists 03ca4589 (refuse 5-level paging) without the fix", source
+        )
+    return _signal(
+        "changelog", "no_evidence", "does not list the fix (no backport recorded)", source
+    )
+
+
+def _knowledge_signal(facts: HostFacts) -> FixSignal:
+    answer = knowledge.lookup(facts.os.id, facts.kernel.release, facts.kernel.version)
+    signal = _signal("knowledge_base", answer.outcome, answer.detail, answer.source)
+    signal.stream = answer.stream
+    return signal
+
+
+def _version_floor_signal(facts: HostFacts) -> FixSignal:
     version = base_version(facts.kernel.release)
     if version is None:
-        signals.append(
-            FixSignal(
-                name="version_floor", outcome="unreadable", detail=_why(facts, "kernel.release")
-            )
+        return _signal("version_floor", "unreadable", _why(facts, "kernel.release"))
+    source = _source(facts, "kernel.release")
+    if version[:2] >= FIX_VERSION:
+        return _signal(
+            "version_floor",
+            "present",
+            f"upstream {version[0]}.{version[1]} >= 5.15 contains 746700d21fd5",
+            source,
         )
-    elif version[:2] >= FIX_VERSION:
-        signals.append(
-            FixSignal(
-                name="version_floor",
-                outcome="present",
-                source=_source(facts, "kernel.release"),
-                detail=f"upstream {version[0]}.{version[1]} >= 5.15 contains 746700d21fd5",
-            )
-        )
-    else:
-        signals.append(
-            FixSignal(
-                name="version_floor",
-                outcome="no_evidence",
-                source=_source(facts, "kernel.release"),
-                detail=f"upstream {version[0]}.{version[1]} < 5.15: "
-                "a distribution backport would not show in the version",
-            )
-        )
-    return signals
+    return _signal(
+        "version_floor",
+        "no_evidence",
+        f"upstream {version[0]}.{version[1]} < 5.15: a distribution backport would not show in the version",
+        source,
+    )
+
+
+SIGNALS = (
+    _btf_signal,
+    _module_symtab_signal,
+    _system_map_signal,
+    _refusal_signal,
+    _kallsyms_signal,
+    _changelog_signal,
+    _knowledge_signal,
+    _version_floor_signal,
+)
+
+
+def fix_signals(facts: HostFacts) -> list[FixSignal]:
+    """Every signal's outcome, in precedence order."""
+    return [signal(facts) for signal in SIGNALS]

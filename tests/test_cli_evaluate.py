@@ -93,7 +93,7 @@ def test_acceptance_verdicts_on_shared_trees(
     assert evidence["cpu.la57_enabled"]["source"].startswith("la57 flag")
     assert evidence["kernel.release"]["source"] == "/proc/sys/kernel/osrelease"
     passed = next(f for f in hosts["genoa-61"]["findings"] if f["rule_id"] == "kvm-amd-la57-npt")
-    assert passed["reason"] == "the fix is present (module_symtab)"
+    assert passed["reason"] == "the fix is present (btf, high confidence)"
     at_risk = next(
         f for f in hosts["genoa-510-debian11"]["findings"] if f["rule_id"] == "kvm-amd-la57-npt"
     )
@@ -148,7 +148,7 @@ def test_table_output_and_report_file(
         capsys, "evaluate", "--root", str(fleet["genoa-510-5level"]), "--output", str(output)
     )
     assert code == 1
-    assert "genoa-510-5level" in out and "affected" in out and "absent (module_symtab)" in out
+    assert "genoa-510-5level" in out and "affected" in out and "absent (module_symtab, high)" in out
     saved = json.loads(output.read_text())
     assert verdicts(saved) == {"genoa-510-5level": "affected"}
     # A saved report evaluates again to the same verdicts, and keeps fingerprints stable.

@@ -8,6 +8,17 @@ import pytest
 
 from scanner.facts import FactsError, HostFacts, from_probe
 
+SIGNAL_ORDER = [
+    "btf",
+    "module_symtab",
+    "system_map",
+    "refusal",
+    "kallsyms",
+    "changelog",
+    "knowledge_base",
+    "version_floor",
+]
+
 
 def ok(source: str, value: Any) -> dict[str, Any]:
     return {"status": "ok", "source": source, "value": value}
@@ -46,11 +57,16 @@ def test_la57_enabled_precedence_cr4_over_mmap_over_flag() -> None:
     facts = from_probe(
         probe(
             la57_mmap=ok("mmap(hint=2^52)", {"above_47_bits": False}),
-            cr4=ok("dmesg", {"value": 0x771EE0}),
+            kernel_log=ok(
+                "/dev/kmsg", {"cr4": {"value": 0x771EE0, "timestamp": "77150.781947"}, "lines": 9}
+            ),
         )
     )
     assert facts.cpu.la57_enabled is True  # bit 12 of the Genoa host's CR4
-    assert facts.provenance["cpu.la57_enabled"].source == "CR4 bit 12 (dmesg)"
+    assert (
+        facts.provenance["cpu.la57_enabled"].source
+        == "CR4 bit 12 (/dev/kmsg, register dump at 77150.781947 s)"
+    )
 
 
 def test_capability_from_address_width_not_flag() -> None:
@@ -132,12 +148,7 @@ def test_fix_precedence_and_state(
 ) -> None:
     facts = from_probe(probe(**items))
     assert (facts.kvm.fix, facts.kvm.fix_signal, facts.kvm.state) == (fix, signal, state)
-    assert [s.name for s in facts.kvm.signals] == [
-        "btf",
-        "module_symtab",
-        "system_map",
-        "version_floor",
-    ]
+    assert [s.name for s in facts.kvm.signals] == SIGNAL_ORDER
     if fix == "unknown":
         assert "no signal decided" in (facts.provenance["kvm.fix"].reason or "")
         assert facts.lookup("kvm.fix")[0] is None  # "unknown" is missing to rules

@@ -6,8 +6,9 @@ artefacts (kvm.ko, kvm-amd.ko, configs) from the shared Debian extraction, see k
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,10 @@ class Tree:
     )
     kvm_ko: Path | None = None
     kvm_amd_ko: Path | None = None
+    compression: str | None = None  # "xz", "gz" or "zst" for the modules
+    changelog: bytes | None = None  # the image package's changelog.gz
+    kallsyms: str | None = None
+    dmesg: str | None = None
     extra_files: dict[str, bytes | str] = field(default_factory=dict)
 
     def build(self, root: Path) -> Path:
@@ -134,10 +139,50 @@ class Tree:
             (root / kvm_dir.lstrip("/")).mkdir(parents=True, exist_ok=True)
             for source, name in ((self.kvm_ko, "kvm.ko"), (self.kvm_amd_ko, "kvm-amd.ko")):
                 if source is not None:
-                    shutil.copyfile(source, root / kvm_dir.lstrip("/") / name)
+                    data = compress(source.read_bytes(), self.compression)
+                    suffix = f".{self.compression}" if self.compression else ""
+                    (root / kvm_dir.lstrip("/") / (name + suffix)).write_bytes(data)
+            if self.changelog is not None:
+                put(f"/usr/share/doc/linux-image-{self.release}/changelog.gz", self.changelog)
+        if self.kallsyms is not None:
+            put("/proc/kallsyms", self.kallsyms)
+        if self.dmesg is not None:
+            put("/sos_commands/kernel/dmesg", self.dmesg)
         for host_path, content in self.extra_files.items():
             put(host_path, content)
         return root
+
+
+def compress(data: bytes, kind: str | None) -> bytes:
+    if kind is None:
+        return data
+    if kind == "xz":
+        return lzma.compress(data, preset=6)
+    if kind == "gz":
+        return gzip.compress(data)
+    if kind == "zst":
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=10).compress(data)
+    raise ValueError(kind)
+
+
+def kallsyms_of(module: Path, name: str = "kvm") -> str:
+    """A /proc/kallsyms as a KALLSYMS_ALL kernel shows it with `module` loaded."""
+    from elftools.elf.elffile import ELFFile
+
+    lines = ["ffffffff81000000 T _text", "ffffffff81001000 T startup_64"]
+    with module.open("rb") as handle:
+        symtab = ELFFile(handle).get_section_by_name(".symtab")
+        for symbol in symtab.iter_symbols():
+            if (
+                symbol.name
+                and symbol["st_shndx"] != "SHN_UNDEF"
+                and not symbol.name.startswith("__")
+            ):
+                kind = "t" if symbol["st_info"]["type"] == "STT_FUNC" else "d"
+                lines.append(f"ffffffffc0{len(lines):06x} {kind} {symbol.name}\t[{name}]")
+    return "\n".join(lines) + "\n"
 
 
 def debian_host(
@@ -152,6 +197,7 @@ def debian_host(
         config=artefacts / f"config-{release}",
         kvm_ko=artefacts / "kvm.ko",
         kvm_amd_ko=artefacts / "kvm-amd.ko",
+        changelog=(artefacts / "changelog.gz").read_bytes(),
     )
     for name, value in changes.items():
         setattr(tree, name, value)

@@ -10,7 +10,7 @@ import time
 import traceback
 from typing import Any, Callable, Dict, Optional
 
-from . import cpu, items, kernel, kvm, la57
+from . import changelog, cpu, items, kernel, kernellog, kvm, la57
 from .items import Item, Root
 
 PROBE_VERSION = 1
@@ -44,6 +44,29 @@ def _kvm_builtin(config: Item, loaded: Item, sys_kvm: Item) -> Optional[bool]:
     return None
 
 
+def _load(fs: Root, module_item: Item, name: str) -> kvm.LoadedModule:
+    try:
+        return kvm.load_module(fs, module_item, name)
+    except Exception as exc:
+        failure = items.failed(
+            name, items.ERROR, "%s: internal error %s: %s" % (name, type(exc).__name__, exc)
+        )
+        return kvm.LoadedModule(None, None, failure)
+
+
+def _read_kvm_module(
+    fs: Root, take: Callable[[str, Callable[[], Item]], Item], kvm_ko: Item, builtin: Optional[bool]
+) -> None:
+    """kvm.ko is read (and decompressed) once for its BTF and its symbol table."""
+    module = _load(fs, kvm_ko, "kvm.ko")
+    btf_item = take("btf_mmu", lambda: kvm.read_btf_params(fs, builtin))
+    not_in_vmlinux = btf_item["status"] == items.OK and not btf_item["value"].get("found")
+    if builtin is not True and (btf_item["status"] == items.MISSING or not_in_vmlinux):
+        # No /sys/kernel/btf/kvm (module not loaded): the module file's own BTF.
+        take("btf_mmu", lambda: kvm.read_module_btf(fs, module))
+    take("kvm_symtab", lambda: kvm.read_module_symbol(module))
+
+
 def probe_host(root: str = "/") -> Dict[str, Any]:
     started = time.time()
     fs = Root(root)
@@ -68,10 +91,19 @@ def probe_host(root: str = "/") -> Dict[str, Any]:
     take("sys_kvm_intel", lambda: kvm.read_sys_module(fs, "kvm_intel"))
     take("kvm_amd_ko", lambda: kvm.find_module_file(fs, release, "kvm-amd.ko"))
     kvm_ko = take("kvm_ko", lambda: kvm.find_module_file(fs, release, "kvm.ko"))
+    amd_ko = found["kvm_amd_ko"]
     builtin = _kvm_builtin(config, loaded, sys_kvm)
-    take("btf_mmu", lambda: kvm.read_btf_params(fs, builtin))
-    take("kvm_symtab", lambda: kvm.read_module_symbol(fs, kvm_ko))
+    _read_kvm_module(fs, take, kvm_ko, builtin)
     take("system_map", lambda: kvm.read_system_map(fs, release))
+    take(
+        "kallsyms", lambda: kvm.read_kallsyms(fs, (_value(config) or {}).get("CONFIG_KALLSYMS_ALL"))
+    )
+    take(
+        "kvm_amd_refusal",
+        lambda: kvm.read_refusal_string(_load(fs, amd_ko, "kvm-amd.ko")),
+    )
+    take("kernel_log", lambda: kernellog.read_kernel_log(fs))
+    take("changelog", lambda: changelog.read_changelog(fs, release))
     take("la57_mmap", lambda: la57.probe_mmap(fs))
     return {
         "probe_version": PROBE_VERSION,

@@ -8,8 +8,9 @@ static `tdp_root_level` (ELF symbol table of kvm.ko, or System.map when KVM is b
 import re
 from typing import Any, Dict, List, Optional
 
-from . import btf, elf, items
+from . import btf, elf, items, modfile
 from .items import Item, Root
+from .kernellog import REFUSAL
 
 KVM_MODULES = ("kvm", "kvm_amd", "kvm_intel")
 KVM_DIR = "kernel/arch/x86/kvm"
@@ -122,32 +123,125 @@ def _params_item(source: str, data: bytes, base: Optional[bytes]) -> Item:
     )
 
 
-def read_module_symbol(root: Root, module_item: Item) -> Item:
-    """Whether kvm.ko's ELF symbol table defines tdp_root_level."""
+class LoadedModule(object):
+    """A module file read once (decompressed), or why it could not be."""
+
+    def __init__(self, path: Optional[str], data: Optional[bytes], failure: Optional[Item]) -> None:
+        self.path = path
+        self.data = data
+        self.failure = failure
+
+
+def load_module(root: Root, module_item: Item, name: str) -> LoadedModule:
     path = module_item.get("value") if module_item.get("status") == items.OK else None
-    if not path or path == "builtin":
-        reason = "kvm.ko: built into the kernel" if path == "builtin" else "kvm.ko: not found"
-        source = module_item.get("source", "kvm.ko")
-        if module_item.get("status") not in (items.OK, None):
-            return items.failed(source, module_item["status"], module_item.get("reason", reason))
-        return items.failed(
-            source, items.NOT_APPLICABLE if path == "builtin" else items.MISSING, reason
-        )
-    if not path.endswith(".ko"):
-        return items.failed(
-            path, items.NOT_APPLICABLE, "%s: compressed modules are not read yet" % path
+    source = module_item.get("source", name)
+    if module_item.get("status") != items.OK:
+        reason = module_item.get("reason", "%s: not found" % name)
+        return LoadedModule(None, None, items.failed(source, module_item["status"], reason))
+    if path == "builtin":
+        reason = "%s: built into the kernel" % name
+        return LoadedModule(None, None, items.failed(source, items.NOT_APPLICABLE, reason))
+    if not path:
+        return LoadedModule(
+            None, None, items.failed(source, items.MISSING, "%s: not installed" % name)
         )
     try:
-        data = _read_binary(root, path)
+        return LoadedModule(path, modfile.read_module(root, path), None)
     except EnvironmentError as exc:
-        return items.from_os_error(path, exc)
+        return LoadedModule(path, None, items.from_os_error(path, exc))
+    except modfile.ModuleReadError as exc:
+        return LoadedModule(path, None, items.failed(path, items.UNPARSABLE, str(exc)))
+
+
+def read_module_symbol(module: LoadedModule) -> Item:
+    """Whether kvm.ko's ELF symbol table defines tdp_root_level."""
+    if module.failure is not None:
+        return module.failure
+    assert module.path is not None and module.data is not None
     try:
-        defined = elf.defines_symbol(data, FIX_SYMBOL)
+        defined = elf.defines_symbol(module.data, FIX_SYMBOL)
     except elf.ElfFormatError as exc:
-        return items.failed(path, items.UNPARSABLE, "%s: %s" % (path, exc))
+        return items.failed(module.path, items.UNPARSABLE, "%s: %s" % (module.path, exc))
     if defined is None:
-        return items.failed(path, items.UNPARSABLE, "%s: no symbol table (stripped)" % path)
-    return items.ok(path, {"symbol": FIX_SYMBOL, "defined": defined})
+        return items.failed(
+            module.path, items.UNPARSABLE, "%s: no symbol table (stripped)" % module.path
+        )
+    return items.ok(module.path, {"symbol": FIX_SYMBOL, "defined": defined})
+
+
+def read_module_btf(root: Root, module: LoadedModule) -> Item:
+    """kvm_configure_mmu from kvm.ko's own .BTF section, split over the running vmlinux BTF.
+
+    On the live host the module under /lib/modules/<running release> belongs to the running
+    kernel, so /sys/kernel/btf/vmlinux is its base; a tree without that file gets its base
+    inferred by the BTF reader.
+    """
+    if module.failure is not None:
+        return module.failure
+    assert module.path is not None and module.data is not None
+    source = "%s .BTF" % module.path
+    try:
+        section = elf.section_data(module.data, ".BTF")
+    except elf.ElfFormatError as exc:
+        return items.failed(source, items.UNPARSABLE, "%s: %s" % (module.path, exc))
+    if section is None:
+        return items.failed(source, items.MISSING, "%s: no .BTF section" % module.path)
+    base = None
+    vmlinux_path = "/sys/kernel/btf/vmlinux"
+    if root.exists(vmlinux_path):
+        try:
+            base = _read_binary(root, vmlinux_path)
+            source = "%s (split over %s)" % (source, vmlinux_path)
+        except EnvironmentError:
+            base = None
+    return _params_item(source, section, base)
+
+
+def read_refusal_string(module: LoadedModule) -> Item:
+    """Does kvm-amd.ko carry 03ca4589's refusal (5.13-5.14 without the fix)?"""
+    if module.failure is not None:
+        return module.failure
+    assert module.path is not None and module.data is not None
+    found = REFUSAL.encode() in module.data
+    return items.ok(module.path, {"string": REFUSAL, "found": found})
+
+
+def read_kallsyms(root: Root, kallsyms_all: Optional[str]) -> Item:
+    """tdp_root_level in /proc/kallsyms: data symbols are listed only with KALLSYMS_ALL=y."""
+    source = "/proc/kallsyms"
+    if kallsyms_all != "y":
+        why = "CONFIG_KALLSYMS_ALL=%s" % kallsyms_all if kallsyms_all else "kernel config unknown"
+        return items.failed(
+            source, items.NOT_APPLICABLE, "%s: data symbols not listed (%s)" % (source, why)
+        )
+    needle = (" " + FIX_SYMBOL).encode()
+    found = False
+    size = 0
+    tail = b""
+    try:
+        with open(root.path(source), "rb") as handle:
+            while True:
+                chunk = handle.read(1024 * 1024)
+                if not chunk:
+                    break
+                if not size and not _SYSTEM_MAP_LINE.match(chunk):
+                    return items.failed(source, items.UNPARSABLE, "%s: unparsable (not address type name lines)" % source)
+                size += len(chunk)
+                window = tail + chunk
+                at = window.find(needle)
+                while at >= 0 and not found:
+                    end = at + len(needle)
+                    if end < len(window) and window[end : end + 1] in (b"\n", b"\t"):
+                        found = True
+                    at = window.find(needle, at + 1)
+                if found:
+                    break
+                tail = window[-(len(needle) + 1) :]
+    except EnvironmentError as exc:
+        return items.from_os_error(source, exc)
+    if not size:
+        return items.failed(source, items.UNPARSABLE, "%s: empty" % source)
+    return items.ok(source, {"symbol": FIX_SYMBOL, "defined": found})
 
 
 def read_system_map(root: Root, release: Optional[str]) -> Item:

@@ -52,9 +52,10 @@ def _fix(facts: HostFacts | None) -> str:
     if facts is None:
         return "-"
     kvm = facts.kvm
+    flag = " (contradicted)" if kvm.contradiction else ""
     if kvm.fix == "unknown":
-        return "unknown"
-    return f"{kvm.fix} ({kvm.fix_signal})"
+        return "unknown" + flag
+    return f"{kvm.fix} ({kvm.fix_signal}, {kvm.fix_confidence}){flag}"
 
 
 def _reason(host: HostReport) -> str:
