@@ -20,6 +20,7 @@ from scanner import __version__
 from scanner.evaluate import evaluate_host, failed_host
 from scanner.facts import FactsError, HostFacts, from_probe
 from scanner.findings import HostError, HostReport, ScanReport, Verdict
+from scanner.report import canary as canary_report
 from scanner.report import json as json_report
 from scanner.report import table
 from scanner.resources import rules_dir
@@ -197,11 +198,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _check_output_path(args.output)
     if args.forks < 1:
         raise UsageError("--forks: must be at least 1")
+    if not 0 < args.canary_timeout <= 60:
+        raise UsageError("--canary-timeout: give seconds between 0 and 60")
     inventory = Path(args.inventory) if args.inventory else None
     with SweepProgress(_stderr()) as progress:
         try:
             result = sweep(
-                inventory, args.limit, args.forks, on_total=progress.start, on_host=progress.advance
+                inventory,
+                args.limit,
+                args.forks,
+                on_total=progress.start,
+                on_host=progress.advance,
+                canary=args.canary,
+                canary_timeout=args.canary_timeout,
             )
         except InventoryError as exc:
             raise UsageError(f"inventory {exc}") from None
@@ -248,6 +257,24 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     sys.stdout.write(json_report.render_schema())
     return EXIT_OK
+
+
+def cmd_probe_kvm(args: argparse.Namespace) -> int:
+    """Exit 0 when the reset-vector guest halted, 1 on a hang or odd exit, 2 when it can't run."""
+    from scanner.probe.canary import run_canary
+
+    if not 0 < args.timeout <= 60:
+        raise UsageError("--timeout: give seconds between 0 and 60")
+    result = run_canary(device=args.device, timeout=args.timeout)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    else:
+        _stdout().print(canary_report.build(result))
+    outcome = result.get("outcome")
+    if outcome == "unavailable":
+        _stderr().print(f"fleetscan: canary unavailable: {result.get('reason')}", markup=False)
+        return EXIT_BAD_INPUT
+    return EXIT_OK if outcome == "ok" else EXIT_FINDINGS
 
 
 def cmd_probe_host(args: argparse.Namespace) -> int:
@@ -301,6 +328,14 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--forks", type=int, default=10, metavar="N", help="parallel hosts (default 10)"
     )
+    sweep.add_argument(
+        "--canary",
+        action="store_true",
+        help="also run the KVM canary on every host (one tiny guest, bounded by --canary-timeout)",
+    )
+    sweep.add_argument(
+        "--canary-timeout", type=float, default=2.0, metavar="SECONDS", help="default 2"
+    )
     _report_options(sweep)
     sweep.set_defaults(run=cmd_sweep)
 
@@ -328,6 +363,13 @@ def parser() -> argparse.ArgumentParser:
 
     probe = commands.add_parser("probe", help="run a probe on this machine and print what it found")
     probe_commands = probe.add_subparsers(dest="probe_command", required=True, metavar="WHAT")
+    kvm = probe_commands.add_parser(
+        "kvm", help="run the KVM canary: a guest whose first instruction is hlt, bounded in time"
+    )
+    kvm.add_argument("--format", choices=("table", "json"), default="table")
+    kvm.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS", help="default 2")
+    kvm.add_argument("--device", default="/dev/kvm", help=argparse.SUPPRESS)
+    kvm.set_defaults(run=cmd_probe_kvm)
     host = probe_commands.add_parser("host", help="the raw evidence the sweep collects")
     host.add_argument("--root", default="/", metavar="DIR")
     host.set_defaults(run=cmd_probe_host)

@@ -137,6 +137,8 @@ def sweep(
     forks: int = 10,
     on_total: Callable[[int], None] | None = None,
     on_host: ProgressCallback | None = None,
+    canary: bool = False,
+    canary_timeout: float = 2.0,
 ) -> SweepResult:
     with tempfile.TemporaryDirectory(prefix="fleetscan-") as private:
         if inventory is None:
@@ -178,6 +180,10 @@ def sweep(
             limit=limit,
             forks=forks,
             envvars=_env(),
+            # Only when asked: an extravar would override a per-host fleetscan_canary.
+            extravars={"fleetscan_canary": True, "fleetscan_canary_timeout": canary_timeout}
+            if canary
+            else None,
             event_handler=handle,
             quiet=True,
             suppress_env_files=True,

@@ -177,10 +177,23 @@ def _explain_facts(paths: Iterable[str], facts: FactSource) -> str:
     return ", ".join(f"{p}={_show(facts.lookup(p)[0])}" for p in paths)
 
 
+CANARY_FACTS = ("kvm.canary_outcome", "kvm.canary_detail", "kvm.canary_emulated")
+
+
+def _observed(verdict: Verdict, used: list[str], facts: FactSource) -> bool:
+    """Did the canary's observation decide this verdict (not merely rule it out)?"""
+    if verdict is Verdict.NOT_APPLICABLE:
+        return False
+    if any(path in CANARY_FACTS and facts.lookup(path)[0] is not None for path in used):
+        return True
+    return "kvm.fix" in used and facts.lookup("kvm.fix_signal")[0] == "canary"
+
+
 def evaluate_rule(rule: Rule, host: str, facts: FactSource) -> Finding:
     def finding(
         verdict: Verdict, reason: str, used: Iterable[str], severity: Severity | None = None
     ) -> Finding:
+        used = list(used)
         return Finding(
             rule_id=rule.id,
             verdict=verdict,
@@ -190,6 +203,7 @@ def evaluate_rule(rule: Rule, host: str, facts: FactSource) -> Finding:
             evidence=_evidence([*used, *rule.evidence], facts),
             remediation=rule.remediation if verdict in (Verdict.AFFECTED, Verdict.AT_RISK) else "",
             fingerprint=fingerprint(host, rule.id),
+            observed=_observed(verdict, used, facts),
         )
 
     applies = check(rule.applicability.when, facts)
@@ -219,8 +233,14 @@ def evaluate_rule(rule: Rule, host: str, facts: FactSource) -> Finding:
 def evaluate_host(rules: list[Rule], host: str, facts: HostFacts) -> HostReport:
     source = HostFactSource(facts)
     findings = [evaluate_rule(rule, host, source) for rule in rules]
+    verdict = worst([f.verdict for f in findings])
+    observed = any(f.observed for f in findings if f.verdict == verdict)
     return HostReport(
-        host=host, verdict=worst([f.verdict for f in findings]), findings=findings, facts=facts
+        host=host,
+        verdict=verdict,
+        basis="observed" if observed else "inferred",
+        findings=findings,
+        facts=facts,
     )
 
 

@@ -20,6 +20,7 @@ FixOutcome = Literal["present", "absent", "no_evidence", "unreadable", "not_appl
 Fix = Literal["present", "absent", "unknown"]
 KvmState = Literal["unfixed", "refuses", "fixed", "unknown"]
 Confidence = Literal["high", "medium", "low"]
+CanaryOutcome = Literal["ok", "hang", "other"]
 
 AMD_VENDORS = ("AuthenticAMD", "HygonGenuine")
 CR4_LA57 = 1 << 12
@@ -124,6 +125,9 @@ class KvmFacts(_Section):
     system_map_tdp_root_level: bool | None = None
     kallsyms_tdp_root_level: bool | None = None
     amd_refusal_string: bool | None = None
+    canary_outcome: CanaryOutcome | None = None
+    canary_detail: str | None = None
+    canary_emulated: bool | None = None
     # derived
     amd_available: bool | None = None
     npt_enabled: bool | None = None
@@ -397,6 +401,48 @@ def _os(build: _Builder) -> None:
             build.missing(f"os.{fact}", item.why() if not item.ok else f"{item.source}: no {key}")
 
 
+def _canary_detail(result: dict[str, Any]) -> str:
+    outcome = result.get("outcome")
+    took = result.get("elapsed_ms")
+    where = " in KVM's instruction emulator" if result.get("emulated") else ""
+    if outcome == "ok":
+        return f"the reset-vector guest halted after {took} ms{where}"
+    if outcome == "hang":
+        stats = result.get("stats") or {}
+        counters = ", ".join(f"{k} {v}" for k, v in sorted(stats.items()) if k in _STORM_COUNTERS)
+        rip = result.get("rip")
+        rip_text = f"{rip:#x}" if isinstance(rip, int) else "?"
+        guest = " (spin test guest)" if result.get("guest") == "spin" else ""
+        return (
+            f"KVM_RUN never returned{guest}: interrupted after {took} ms with RIP {rip_text}{where}"
+            + (f" ({counters})" if counters else "")
+        )
+    return f"the guest exited with {result.get('exit_name', '?')} ({result.get('exit_reason', '?')}){where}"
+
+
+_STORM_COUNTERS = (
+    "exits",
+    "pf_taken",
+    "pf_guest",
+    "pf_fixed",
+    "pf_spurious",
+    "insn_emulation",
+    "signal_exits",
+)
+
+
+def _canary(build: _Builder) -> None:
+    item = build.item("canary")
+    result = item.value if item.ok and isinstance(item.value, dict) else None
+    if result is None or result.get("outcome") not in ("ok", "hang", "other"):
+        for fact in ("canary_outcome", "canary_detail", "canary_emulated"):
+            build.missing(f"kvm.{fact}", item.why())
+        return
+    build.set("kvm.canary_outcome", result["outcome"], item.source)
+    build.set("kvm.canary_detail", _canary_detail(result), item.source)
+    build.set("kvm.canary_emulated", bool(result.get("emulated")), item.source)
+
+
 def _loaded(build: _Builder, module: str, sys_item: str) -> tuple[bool | None, str]:
     modules, sysfs = build.item("modules"), build.item(sys_item)
     sys_present = sysfs.value.get("present") if sysfs.ok and isinstance(sysfs.value, dict) else None
@@ -470,6 +516,8 @@ def _kvm(build: _Builder) -> None:
         for token in cmdline.split():
             if token.startswith(("kvm_amd.npt=", "kvm-amd.npt=")):
                 build.set("kvm.cmdline_npt", token.split("=", 1)[1], "/proc/cmdline")
+
+    _canary(build)
 
     btf_item = build.item("btf_mmu")
     if btf_item.ok and isinstance(btf_item.value, dict) and btf_item.value.get("found"):
@@ -665,8 +713,9 @@ def _decide_fix(facts: HostFacts) -> None:
     """The highest-precedence decisive signal wins, except that disagreement never passes.
 
     When signals disagree and the winner says "present", the fix is unknown: a host is never
-    passed on evidence that something else contradicts. When the winner says "absent", it
-    stands (the conservative answer), and the contradiction is recorded either way.
+    passed on evidence that something else contradicts, unless the winner is the canary (a
+    guest observed to boot under 5-level NPT is the truth the others infer). When the winner
+    says "absent", it stands (the conservative answer). The contradiction is recorded either way.
     """
     kvm = facts.kvm
     decisive = [s for s in kvm.signals if s.outcome in ("present", "absent")]
@@ -690,7 +739,8 @@ def _decide_fix(facts: HostFacts) -> None:
         kvm.contradiction_detail = None
         facts.provenance["kvm.contradiction_detail"] = Provenance(reason="no contradiction")
     winner = decisive[0] if decisive else None
-    if winner is None or (winner.outcome == "present" and absent is not None):
+    observed = winner is not None and winner.name == "canary"
+    if winner is None or (winner.outcome == "present" and absent is not None and not observed):
         kvm.fix, kvm.fix_signal, kvm.fix_confidence = "unknown", None, None
         if winner is None:
             reason = "no signal decided: " + "; ".join(f"{s.name}: {s.detail}" for s in kvm.signals)
@@ -738,6 +788,7 @@ def _derive_state(facts: HostFacts) -> None:
 # --- fix signals, in precedence order ----------------------------------------------------
 
 SIGNAL_CONFIDENCE: dict[str, Confidence] = {
+    "canary": "high",
     "btf": "high",
     "module_symtab": "high",
     "system_map": "high",
@@ -751,6 +802,45 @@ SIGNAL_CONFIDENCE: dict[str, Confidence] = {
 
 def _signal(name: str, outcome: FixOutcome, detail: str, source: str | None = None) -> FixSignal:
     return FixSignal(name=name, outcome=outcome, source=source, detail=detail)
+
+
+def _canary_signal(facts: HostFacts) -> FixSignal:
+    """The observation. It speaks about the fix only where an unfixed KVM would hang."""
+    kvm, cpu = facts.kvm, facts.cpu
+    if kvm.canary_outcome is None:
+        return _signal("canary", "not_applicable", _why(facts, "kvm.canary_outcome"))
+    source = _source(facts, "kvm.canary_outcome")
+    detail = kvm.canary_detail or kvm.canary_outcome
+    exposed = cpu.vendor in AMD_VENDORS and cpu.la57_enabled is True
+    if kvm.canary_outcome == "hang":
+        if exposed and not kvm.canary_emulated:
+            return _signal("canary", "absent", f"observed: {detail}", source)
+        return _signal(
+            "canary", "no_evidence", f"{detail}; not explained by the 5-level NPT bug", source
+        )
+    if kvm.canary_outcome == "other":
+        return _signal("canary", "no_evidence", detail, source)
+    if kvm.canary_emulated:
+        return _signal(
+            "canary",
+            "not_applicable",
+            f"{detail}: no nested paging, so it says nothing about NPT",
+            source,
+        )
+    if exposed and kvm.npt_enabled is True:
+        return _signal(
+            "canary", "present", f"observed: {detail} under 5-level paging with NPT", source
+        )
+    if exposed and kvm.npt_enabled is None:
+        return _signal(
+            "canary", "no_evidence", f"{detail}, but whether NPT is on is unknown", source
+        )
+    return _signal(
+        "canary",
+        "not_applicable",
+        f"{detail}; without 5-level paging and NPT the bug cannot show",
+        source,
+    )
 
 
 def _btf_signal(facts: HostFacts) -> FixSignal:
@@ -895,6 +985,7 @@ def _version_floor_signal(facts: HostFacts) -> FixSignal:
 
 
 SIGNALS = (
+    _canary_signal,
     _btf_signal,
     _module_symtab_signal,
     _system_map_signal,

@@ -68,6 +68,8 @@ class Finding(BaseModel):
     evidence: list[Evidence] = Field(default_factory=list)
     remediation: str = ""
     fingerprint: str
+    # True when the verdict rests on the KVM canary's observation rather than on inference.
+    observed: bool = False
 
 
 class HostError(BaseModel):
@@ -78,10 +80,15 @@ class HostError(BaseModel):
     message: str
 
 
+Basis = Literal["observed", "inferred"]
+
+
 class HostReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str
     verdict: Verdict
+    # observed: a guest ran on the host's KVM and its outcome decided the verdict.
+    basis: Basis = "inferred"
     findings: list[Finding]
     facts: HostFacts | None = None
     error: HostError | None = None

@@ -142,7 +142,7 @@ class Citation(_Strict):
 
 
 class VerdictCase(_Strict):
-    verdict: Literal["affected", "at_risk", "pass", "unknown"]
+    verdict: Literal["affected", "at_risk", "pass", "unknown", "not_applicable"]
     when: Condition
     reason: str
     severity: Severity | None = None

@@ -9,6 +9,7 @@ import pytest
 from scanner.facts import FactsError, HostFacts, from_probe
 
 SIGNAL_ORDER = [
+    "canary",
     "btf",
     "module_symtab",
     "system_map",

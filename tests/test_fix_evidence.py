@@ -54,6 +54,7 @@ def test_debian_510_unfixed_by_symbols_without_btf(tmp_path: Path, compression: 
     )
     facts = facts_of(tree.build(tmp_path))
     assert outcomes(facts) == {
+        "canary": "not_applicable",
         "btf": "unreadable",
         "module_symtab": "absent",
         "system_map": "not_applicable",
@@ -88,6 +89,7 @@ def test_debian_61_fixed_by_symbols_and_btf(tmp_path: Path, compression: str | N
     )
     facts = facts_of(tree.build(tmp_path))
     assert outcomes(facts) == {
+        "canary": "not_applicable",
         "btf": "present",
         "module_symtab": "present",
         "system_map": "not_applicable",
@@ -97,7 +99,7 @@ def test_debian_61_fixed_by_symbols_and_btf(tmp_path: Path, compression: str | N
         "knowledge_base": "present",
         "version_floor": "present",
     }
-    btf = facts.kvm.signals[0]
+    btf = facts.kvm.signals[1]
     assert "tdp_forced_root_level" in btf.detail and "[base BTF inferred]" in btf.detail
     assert facts.kvm.btf_params == [
         "enable_tdp",
@@ -176,7 +178,7 @@ def test_changelog_claiming_the_fix_against_an_unfixed_module_is_a_contradiction
     signals = next(
         e for e in findings["kvm-amd-la57-npt"]["evidence"] if e["fact"] == "kvm.signals"
     )
-    assert [s["name"] for s in signals["value"]][:2] == ["btf", "module_symtab"]
+    assert [s["name"] for s in signals["value"]][:3] == ["canary", "btf", "module_symtab"]
 
 
 def test_contradicted_present_never_passes(
@@ -330,6 +332,7 @@ def test_report_lists_every_signal(tmp_path: Path) -> None:
     host = report["hosts"][0]
     signals = host["facts"]["kvm"]["signals"]
     assert [s["name"] for s in signals] == [
+        "canary",
         "btf",
         "module_symtab",
         "system_map",

@@ -94,4 +94,5 @@ def test_live_facts_are_consistent(live: dict[str, Any]) -> None:
     assert facts.provenance["cpu.la57_enabled"].source
     assert facts.kvm.fix in ("present", "absent", "unknown")
     names = [s.name for s in facts.kvm.signals]
-    assert names[:3] == ["btf", "module_symtab", "system_map"] and names[-1] == "version_floor"
+    assert names[:4] == ["canary", "btf", "module_symtab", "system_map"]
+    assert names[-1] == "version_floor"

@@ -10,7 +10,7 @@ import time
 import traceback
 from typing import Any, Callable, Dict, Optional
 
-from . import changelog, cpu, items, kernel, kernellog, kvm, la57
+from . import canary, changelog, cpu, items, kernel, kernellog, kvm, la57
 from .items import Item, Root
 
 PROBE_VERSION = 1
@@ -67,7 +67,34 @@ def _read_kvm_module(
     take("kvm_symtab", lambda: kvm.read_module_symbol(module))
 
 
-def probe_host(root: str = "/") -> Dict[str, Any]:
+def _canary(fs: Root, enabled: bool, timeout: float, guest: str) -> Item:
+    """The observation: a guest at the reset vector on this host's own /dev/kvm (opt-in)."""
+    source = "canary (/dev/kvm)"
+    if not enabled:
+        return items.failed(source, items.NOT_APPLICABLE, "canary: not requested")
+    if not fs.live:
+        return items.failed(source, items.NOT_APPLICABLE, "canary: only on the live host")
+    result = canary.run_canary(timeout=timeout, guest=guest)
+    if result.get("outcome") == "unavailable":
+        reason = str(result.get("reason", "unavailable"))
+        status = items.ERROR
+        if "permission" in reason or "EACCES" in reason or "EPERM" in reason:
+            status = items.DENIED
+        elif "no such" in reason or "ENOENT" in reason:
+            status = items.MISSING
+        return items.failed(source, status, "canary: %s" % reason)
+    stats = result.get("stats")
+    if isinstance(stats, dict):
+        result["stats"] = dict((k, v) for k, v in stats.items() if v)
+    return items.ok(source, result)
+
+
+def probe_host(
+    root: str = "/",
+    canary_run: bool = False,
+    canary_timeout: float = 2.0,
+    canary_guest: str = "hlt",
+) -> Dict[str, Any]:
     started = time.time()
     fs = Root(root)
     found: Dict[str, Item] = {}
@@ -105,6 +132,7 @@ def probe_host(root: str = "/") -> Dict[str, Any]:
     take("kernel_log", lambda: kernellog.read_kernel_log(fs))
     take("changelog", lambda: changelog.read_changelog(fs, release))
     take("la57_mmap", lambda: la57.probe_mmap(fs))
+    take("canary", lambda: _canary(fs, canary_run, canary_timeout, canary_guest))
     return {
         "probe_version": PROBE_VERSION,
         "root": fs.root,

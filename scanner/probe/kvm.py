@@ -225,7 +225,11 @@ def read_kallsyms(root: Root, kallsyms_all: Optional[str]) -> Item:
                 if not chunk:
                     break
                 if not size and not _SYSTEM_MAP_LINE.match(chunk):
-                    return items.failed(source, items.UNPARSABLE, "%s: unparsable (not address type name lines)" % source)
+                    return items.failed(
+                        source,
+                        items.UNPARSABLE,
+                        "%s: unparsable (not address type name lines)" % source,
+                    )
                 size += len(chunk)
                 window = tail + chunk
                 at = window.find(needle)

@@ -65,13 +65,17 @@ def _reason(host: HostReport) -> str:
 
 def build(report: ScanReport) -> Table:
     table = Table(title=f"fleetscan: {report.summary.hosts} host(s)", title_justify="left")
-    for column in ("host", "verdict", "CPU", "kernel", "LA57", "fix", "reason"):
-        table.add_column(column, overflow="fold")
+    # Names and verdicts never wrap; on a narrow terminal the descriptive columns fold instead.
+    for column in ("host", "verdict", "basis"):
+        table.add_column(column, no_wrap=True)
+    for column in ("CPU", "kernel", "LA57", "fix", "reason"):
+        table.add_column(column, overflow="fold", ratio=3 if column == "reason" else 1)
     for host in sorted(report.hosts, key=lambda h: (-h.verdict.rank, h.host)):
         facts = host.facts
         table.add_row(
             host.host,
             Text(host.verdict.value, style=STYLES[host.verdict]),
+            host.basis,
             _cpu(facts),
             (facts.kernel.release if facts else None) or "-",
             _la57(facts),

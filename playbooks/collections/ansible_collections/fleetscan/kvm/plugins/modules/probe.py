@@ -12,6 +12,23 @@ options:
     description: Read the host under this directory instead of C(/) (an extracted tree).
     type: str
     default: /
+  canary:
+    description:
+      - Run the KVM canary on the live host - one vCPU, one 64 KiB memory slot, a guest whose
+        first instruction at the reset vector is C(hlt), bounded by I(canary_timeout). Needs
+        access to /dev/kvm (root or group kvm); without it the canary reports why and nothing
+        is escalated.
+    type: bool
+    default: false
+  canary_timeout:
+    description: Seconds before an unanswered KVM_RUN is interrupted (a hang).
+    type: float
+    default: 2.0
+  canary_guest:
+    description: C(hlt) (the check), or C(spin) (a guest that never halts, to test the timeout path).
+    type: str
+    default: hlt
+    choices: [hlt, spin]
 author: fleetscan developers
 """
 
@@ -28,10 +45,17 @@ from ansible_collections.fleetscan.kvm.plugins.module_utils.probe import probe_h
 
 def main():
     module = AnsibleModule(
-        argument_spec={"root": {"type": "str", "default": "/"}},
+        argument_spec={
+            "root": {"type": "str", "default": "/"},
+            "canary": {"type": "bool", "default": False},
+            "canary_timeout": {"type": "float", "default": 2.0},
+            "canary_guest": {"type": "str", "default": "hlt", "choices": ["hlt", "spin"]},
+        },
         supports_check_mode=True,
     )
-    module.exit_json(changed=False, ansible_facts={"fleetscan_probe": probe_host(module.params["root"])})
+    params = module.params
+    evidence = probe_host(params["root"], params["canary"], params["canary_timeout"], params["canary_guest"])
+    module.exit_json(changed=False, ansible_facts={"fleetscan_probe": evidence})
 
 
 if __name__ == "__main__":
