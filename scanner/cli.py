@@ -12,19 +12,24 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from scanner import __version__
 from scanner.evaluate import evaluate_host, failed_host
 from scanner.facts import FactsError, HostFacts, from_probe
-from scanner.findings import HostError, HostReport, ScanReport, Verdict
+from scanner.findings import CandidateKernel, HostError, HostReport, ScanReport, Verdict
 from scanner.report import canary as canary_report
 from scanner.report import json as json_report
+from scanner.report import junit as junit_report
+from scanner.report import kernel as kernel_report
 from scanner.report import table
 from scanner.resources import rules_dir
 from scanner.rules import Rule, RuleError, load_rules
+
+if TYPE_CHECKING:
+    from scanner.candidate import Candidate
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
 FAIL_ON = {
@@ -133,24 +138,28 @@ def hosts_from_roots(roots: Sequence[str]) -> dict[str, HostFacts | HostError]:
 # --- output ----------------------------------------------------------------------------
 
 
-def build_report(rules: list[Rule], hosts: dict[str, HostFacts | HostError]) -> ScanReport:
+def build_report(
+    rules: list[Rule],
+    hosts: dict[str, HostFacts | HostError],
+    candidate: CandidateKernel | None = None,
+) -> ScanReport:
     reports: list[HostReport] = []
     for name, outcome in hosts.items():
         if isinstance(outcome, HostError):
             reports.append(failed_host(rules, name, outcome))
         else:
             reports.append(evaluate_host(rules, name, outcome))
-    return ScanReport.of(reports)
+    return ScanReport.of(reports, candidate)
 
 
-def _check_output_path(output: str | None) -> None:
+def _check_output_path(output: str | None, option: str = "--output") -> None:
     if not output:
         return
     parent = Path(output).resolve().parent
     if not parent.is_dir():
-        raise UsageError(f"--output {output}: directory {parent} does not exist")
+        raise UsageError(f"{option} {output}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
-        raise UsageError(f"--output {output}: directory {parent} is not writable")
+        raise UsageError(f"{option} {output}: directory {parent} is not writable")
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -164,19 +173,24 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def emit(report: ScanReport, args: argparse.Namespace) -> int:
-    """Print the report, write --output, and pick the exit code from --fail-on."""
+def publish(report: ScanReport, args: argparse.Namespace) -> int:
+    """Print the report and write --output (the report is printed even if the file fails)."""
     if args.format == "json":
         sys.stdout.write(json_report.render(report))
     else:
         _stdout().print(table.build(report))
-    status = EXIT_OK
     if args.output:
         try:
             _write_atomically(Path(args.output), json_report.render(report))
         except OSError as exc:
             _stderr().print(f"fleetscan: --output {args.output}: cannot write ({exc.strerror})")
-            status = EXIT_BAD_INPUT
+            return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def emit(report: ScanReport, args: argparse.Namespace) -> int:
+    """Publish the report and pick the exit code from --fail-on."""
+    status = publish(report, args)
     threshold = FAIL_ON[args.fail_on]
     if (
         status == EXIT_OK
@@ -190,16 +204,14 @@ def emit(report: ScanReport, args: argparse.Namespace) -> int:
 # --- commands --------------------------------------------------------------------------
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
+def _swept_hosts(
+    args: argparse.Namespace, canary: bool = False
+) -> dict[str, HostFacts | HostError]:
     from scanner.collect import InventoryError, sweep
     from scanner.progress import SweepProgress
 
-    rules = _rules(args)
-    _check_output_path(args.output)
     if args.forks < 1:
         raise UsageError("--forks: must be at least 1")
-    if not 0 < args.canary_timeout <= 60:
-        raise UsageError("--canary-timeout: give seconds between 0 and 60")
     inventory = Path(args.inventory) if args.inventory else None
     with SweepProgress(_stderr()) as progress:
         try:
@@ -209,12 +221,93 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 args.forks,
                 on_total=progress.start,
                 on_host=progress.advance,
-                canary=args.canary,
-                canary_timeout=args.canary_timeout,
+                canary=canary,
+                canary_timeout=getattr(args, "canary_timeout", 2.0),
             )
         except InventoryError as exc:
             raise UsageError(f"inventory {exc}") from None
-    return emit(build_report(rules, result.hosts), args)
+    return result.hosts
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    rules = _rules(args)
+    _check_output_path(args.output)
+    if not 0 < args.canary_timeout <= 60:
+        raise UsageError("--canary-timeout: give seconds between 0 and 60")
+    return emit(build_report(rules, _swept_hosts(args, canary=args.canary)), args)
+
+
+def _candidate(args: argparse.Namespace) -> Candidate:
+    from scanner.candidate import CandidateError, from_version, inspect
+
+    if bool(args.kernel) == bool(args.kernel_version):
+        raise UsageError("give either --kernel PATH or --kernel-version RELEASE")
+    try:
+        return inspect(Path(args.kernel)) if args.kernel else from_version(args.kernel_version)
+    except CandidateError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_kernel_inspect(args: argparse.Namespace) -> int:
+    args.kernel, args.kernel_version = args.path, args.kernel_version
+    if args.path and args.kernel_version:
+        raise UsageError("kernel inspect: give PATH or --kernel-version, not both")
+    candidate = _candidate(args)
+    if args.format == "json":
+        sys.stdout.write(candidate.model_dump_json(indent=2) + "\n")
+    else:
+        _stdout().print(kernel_report.build(candidate.identity, candidate.facts))
+    return EXIT_OK
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    """Exit 0 when no host would be blocked after booting the candidate, 1 when one would."""
+    from scanner.candidate import predict
+
+    rules = _rules(args)
+    _check_output_path(args.output)
+    _check_output_path(args.junit, "--junit")
+    sources = [bool(args.facts), bool(args.inventory), bool(args.root)]
+    if sum(sources) > 1:
+        raise UsageError("gate: give one of --facts FILE, -i INVENTORY or --root DIR")
+    candidate = _candidate(args)
+    if args.facts:
+        hosts = hosts_from_facts_file(Path(args.facts))
+    elif args.root:
+        hosts = hosts_from_roots(args.root)
+    else:
+        hosts = _swept_hosts(args)
+    predicted: dict[str, HostFacts | HostError] = {
+        name: facts if isinstance(facts, HostError) else predict(facts, candidate)
+        for name, facts in hosts.items()
+    }
+    report = build_report(rules, predicted, candidate.identity)
+    blocking = {Verdict.AFFECTED}
+    if args.fail_on == "at_risk":
+        blocking.add(Verdict.AT_RISK)
+    if not args.allow_unknown:
+        blocking.add(Verdict.UNKNOWN)
+    status = publish(report, args)
+    if args.junit:
+        try:
+            _write_atomically(
+                Path(args.junit), junit_report.render(report, blocking, name="fleetscan gate")
+            )
+        except OSError as exc:
+            _stderr().print(
+                f"fleetscan: --junit {args.junit}: cannot write ({exc.strerror})", markup=False
+            )
+            status = EXIT_BAD_INPUT
+    unknown = [h.host for h in report.hosts if h.verdict is Verdict.UNKNOWN]
+    if unknown and args.allow_unknown:
+        _stderr().print(
+            f"fleetscan: warning: {len(unknown)} host(s) unknown, allowed by --allow-unknown: "
+            + ", ".join(unknown[:10]),
+            markup=False,
+        )
+    if status == EXIT_OK and any(h.verdict in blocking for h in report.hosts):
+        status = EXIT_FINDINGS
+    return status
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -357,6 +450,57 @@ def parser() -> argparse.ArgumentParser:
     test = rule_commands.add_parser("test", help="run the test cases embedded in the rules")
     test.add_argument("--rules", metavar="DIR")
     test.set_defaults(run=cmd_rules_test)
+
+    gate = commands.add_parser(
+        "gate", help="would these hosts hang their guests after booting this kernel? (pre-upgrade)"
+    )
+    gate.add_argument(
+        "--kernel", metavar="PATH", help="candidate kernel: a .deb, an .rpm or an extracted tree"
+    )
+    gate.add_argument(
+        "--kernel-version",
+        metavar="RELEASE",
+        help="candidate by release string only (knowledge base and version)",
+    )
+    gate.add_argument(
+        "--facts", metavar="FILE", help="hosts from a saved report, probe output or fact cache"
+    )
+    gate.add_argument(
+        "-i", "--inventory", metavar="INVENTORY", help="hosts swept now through Ansible"
+    )
+    gate.add_argument("--limit", metavar="PATTERN")
+    gate.add_argument("--forks", type=int, default=10, metavar="N")
+    gate.add_argument(
+        "--root", action="append", metavar="DIR", help="a host's extracted tree (repeatable)"
+    )
+    gate.add_argument("--output", metavar="PATH", help="also write the JSON report to PATH")
+    gate.add_argument("--format", choices=("table", "json"), default="table")
+    gate.add_argument(
+        "--junit", metavar="PATH", help="write JUnit XML (one testcase per host and rule)"
+    )
+    gate.add_argument(
+        "--fail-on",
+        choices=("affected", "at_risk"),
+        default="affected",
+        help="block on affected (default) or also on at_risk; unknown always blocks unless --allow-unknown",
+    )
+    gate.add_argument(
+        "--allow-unknown", action="store_true", help="let unknown hosts pass, with a warning"
+    )
+    gate.add_argument("--rules", metavar="DIR", help="rules directory (default: the bundled rules)")
+    gate.set_defaults(run=cmd_gate)
+
+    kernel = commands.add_parser("kernel", help="inspect a candidate kernel package")
+    kernel_commands = kernel.add_subparsers(dest="kernel_command", required=True, metavar="ACTION")
+    inspect = kernel_commands.add_parser("inspect", help="what a kernel package says about the fix")
+    inspect.add_argument(
+        "path", nargs="?", metavar="PATH", help="a .deb, an .rpm or an extracted tree"
+    )
+    inspect.add_argument(
+        "--kernel-version", metavar="RELEASE", help="a release string instead of a package"
+    )
+    inspect.add_argument("--format", choices=("table", "json"), default="table")
+    inspect.set_defaults(run=cmd_kernel_inspect)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the report")
     schema.set_defaults(run=cmd_schema)

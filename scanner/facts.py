@@ -72,6 +72,8 @@ class CpuFacts(_Section):
     virtual_address_bits: int | None = None
     la57_mmap: bool | None = None
     cr4: int | None = None
+    # Set only for a host as it will be after booting a candidate kernel (pre-upgrade gate).
+    la57_predicted: bool | None = None
     # derived
     la57_capable: bool | None = None
     la57_enabled: bool | None = None
@@ -135,10 +137,27 @@ class KvmFacts(_Section):
     fix: Fix = "unknown"
     fix_signal: str | None = None
     fix_confidence: Confidence | None = None
+    # Every signal that says what the deciding one says, in precedence order.
+    fix_agreeing: list[str] | None = None
     contradiction: bool | None = None
     contradiction_detail: str | None = None
     kb_stream: str | None = None
     state: KvmState = "unknown"
+
+
+class BootFacts(_Section):
+    """The kernel the next reboot starts; a safe running kernel can be a reboot away from a hang."""
+
+    default_release: str | None = None
+    installed: list[str] | None = None
+    # That kernel's own facts (kernel and kvm sections), when it is not the running one.
+    next: HostFacts | None = None
+    # derived
+    next_is_running: bool | None = None
+    next_fix: Fix | None = None
+    next_fix_signal: str | None = None
+    next_five_level_paging: bool | None = None
+    next_state: KvmState | None = None
 
 
 class HostFacts(BaseModel):
@@ -150,6 +169,7 @@ class HostFacts(BaseModel):
     kernel: KernelFacts = Field(default_factory=KernelFacts)
     os: OsFacts = Field(default_factory=OsFacts)
     kvm: KvmFacts = Field(default_factory=KvmFacts)
+    boot: BootFacts = Field(default_factory=BootFacts)
     provenance: dict[str, Provenance] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -170,15 +190,18 @@ class HostFacts(BaseModel):
         return missing_if_unknown(path, value), provenance
 
 
+BootFacts.model_rebuild()
+
 SECTIONS: dict[str, type[BaseModel]] = {
     "cpu": CpuFacts,
     "kernel": KernelFacts,
     "os": OsFacts,
     "kvm": KvmFacts,
+    "boot": BootFacts,
 }
 
 
-UNKNOWN_MEANS_MISSING = frozenset({"kvm.fix", "kvm.state"})
+UNKNOWN_MEANS_MISSING = frozenset({"kvm.fix", "kvm.state", "boot.next_fix", "boot.next_state"})
 
 
 def missing_if_unknown(path: str, value: Any) -> Any:
@@ -251,6 +274,7 @@ def from_probe(raw: Any) -> HostFacts:
     _kernel_evidence(build)
     _os(build)
     _kvm(build)
+    _boot(build)
     hostname = build.item("hostname")
     return HostFacts.model_validate(
         {
@@ -443,6 +467,39 @@ def _canary(build: _Builder) -> None:
     build.set("kvm.canary_emulated", bool(result.get("emulated")), item.source)
 
 
+def _boot(build: _Builder) -> None:
+    boot = build.item("boot")
+    if boot.ok and isinstance(boot.value, dict):
+        build.set("boot.default_release", boot.value.get("default"), boot.source)
+        build.set("boot.installed", list(boot.value.get("installed") or []), boot.source)
+    else:
+        build.missing("boot.default_release", boot.why())
+        build.missing("boot.installed", boot.why())
+    next_boot = build.item("next_boot")
+    value = next_boot.value if next_boot.ok and isinstance(next_boot.value, dict) else None
+    if value is None:
+        build.missing("boot.next_is_running", next_boot.why())
+        return
+    build.set("boot.next_is_running", bool(value.get("same_as_running")), next_boot.source)
+    kernel_items = value.get("items")
+    if value.get("same_as_running") or not isinstance(kernel_items, dict):
+        return
+    release = str(value.get("release"))
+    # The next kernel read like a host running it: its own build, this host's distribution.
+    synthesized = {
+        **kernel_items,
+        "release": {"status": "ok", "source": f"{next_boot.source}", "value": release},
+        "os_release": build.items["os_release"].model_dump() if "os_release" in build.items else {},
+    }
+    try:
+        build.values["boot"]["next"] = from_probe(
+            {"items": {k: v for k, v in synthesized.items() if v}}
+        )
+        build.provenance["boot.next"] = Provenance(source=f"{release} ({next_boot.source})")
+    except FactsError as exc:
+        build.missing("boot.next", str(exc))
+
+
 def _loaded(build: _Builder, module: str, sys_item: str) -> tuple[bool | None, str]:
     modules, sysfs = build.item("modules"), build.item(sys_item)
     sys_present = sysfs.value.get("present") if sysfs.ok and isinstance(sysfs.value, dict) else None
@@ -572,6 +629,47 @@ def _derive_all(facts: HostFacts) -> None:
     _derive_cpu(facts)
     _derive_kernel(facts)
     _derive_kvm(facts)
+    _derive_boot(facts)
+
+
+def _derive_boot(facts: HostFacts) -> None:
+    """The next boot kernel's fix and 5-level paging, from its own facts or the running ones."""
+    boot = facts.boot
+    if boot.next_is_running:
+        kernel, kvm, where = facts.kernel, facts.kvm, "the running kernel"
+        owner = facts
+    elif boot.next is not None:
+        kernel, kvm, where = boot.next.kernel, boot.next.kvm, f"kernel {boot.default_release}"
+        owner = boot.next
+    else:
+        reason = (
+            _why(facts, "boot.next_is_running")
+            if boot.next_is_running is None
+            else _why(facts, "boot.next")
+        )
+        for field in ("next_fix", "next_fix_signal", "next_five_level_paging", "next_state"):
+            setattr(boot, field, None)
+            facts.provenance[f"boot.{field}"] = Provenance(reason=reason)
+        return
+    boot.next_fix = kvm.fix
+    boot.next_fix_signal = kvm.fix_signal
+    boot.next_five_level_paging = kernel.five_level_paging
+    boot.next_state = kvm.state
+    for field, path in (
+        ("next_fix", "kvm.fix"),
+        ("next_fix_signal", "kvm.fix_signal"),
+        ("next_five_level_paging", "kernel.five_level_paging"),
+        ("next_state", "kvm.state"),
+    ):
+        provenance = owner.provenance.get(path, Provenance())
+        if getattr(boot, field) in (None, "unknown"):
+            facts.provenance[f"boot.{field}"] = Provenance(
+                reason=f"{where}: {provenance.reason or 'unknown'}"
+            )
+        else:
+            facts.provenance[f"boot.{field}"] = Provenance(
+                source=f"{where}: {provenance.source or path}"
+            )
 
 
 def _derive_cpu(facts: HostFacts) -> None:
@@ -591,6 +689,11 @@ def _derive_cpu(facts: HostFacts) -> None:
     else:
         _derived(facts, "cpu.la57_capable", None, _why(facts, "cpu.virtual_address_bits"))
 
+    if cpu.la57_predicted is not None:
+        _derived(
+            facts, "cpu.la57_enabled", cpu.la57_predicted, _source(facts, "cpu.la57_predicted")
+        )
+        return
     if cpu.cr4 is not None:
         _derived(
             facts,
@@ -741,7 +844,7 @@ def _decide_fix(facts: HostFacts) -> None:
     winner = decisive[0] if decisive else None
     observed = winner is not None and winner.name == "canary"
     if winner is None or (winner.outcome == "present" and absent is not None and not observed):
-        kvm.fix, kvm.fix_signal, kvm.fix_confidence = "unknown", None, None
+        kvm.fix, kvm.fix_signal, kvm.fix_confidence, kvm.fix_agreeing = "unknown", None, None, None
         if winner is None:
             reason = "no signal decided: " + "; ".join(f"{s.name}: {s.detail}" for s in kvm.signals)
         else:
@@ -749,8 +852,11 @@ def _decide_fix(facts: HostFacts) -> None:
         facts.provenance["kvm.fix"] = Provenance(reason=reason)
         facts.provenance["kvm.fix_signal"] = Provenance(reason=reason)
         facts.provenance["kvm.fix_confidence"] = Provenance(reason=reason)
+        facts.provenance["kvm.fix_agreeing"] = Provenance(reason=reason)
         return
     fix: Fix = "present" if winner.outcome == "present" else "absent"
+    agreeing = [s.name for s in decisive if s.outcome == winner.outcome]
+    _derived(facts, "kvm.fix_agreeing", agreeing, "kvm.signals")
     _derived(facts, "kvm.fix", fix, f"{winner.name}: {winner.detail}")
     _derived(facts, "kvm.fix_signal", winner.name, winner.source or winner.name)
     _derived(facts, "kvm.fix_confidence", SIGNAL_CONFIDENCE[winner.name], f"{winner.name} signal")

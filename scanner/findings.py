@@ -112,9 +112,24 @@ class Tool(BaseModel):
     version: str = __version__
 
 
+class CandidateKernel(BaseModel):
+    """The kernel a pre-upgrade gate judged the hosts against."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str
+    format: Literal["deb", "rpm", "tree", "version"]
+    release: str
+    package: str | None = None
+    version: str | None = None
+    decided_by: Literal["kernel binaries", "version only"]
+
+
 class ScanReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
     schema_version: int = SCHEMA_VERSION
+    # current: the hosts as they run now; candidate: as they will be after booting `candidate`.
+    mode: Literal["current", "candidate"] = "current"
+    candidate: CandidateKernel | None = None
     tool: Tool = Field(default_factory=Tool)
     generated_at: str = Field(
         default_factory=lambda: (
@@ -125,9 +140,10 @@ class ScanReport(BaseModel):
     hosts: list[HostReport] = Field(default_factory=list)
 
     @classmethod
-    def of(cls, hosts: list[HostReport]) -> ScanReport:
+    def of(cls, hosts: list[HostReport], candidate: CandidateKernel | None = None) -> ScanReport:
         summary = Summary(hosts=len(hosts))
         for host in hosts:
             field = "pass_" if host.verdict is Verdict.PASS else host.verdict.value
             setattr(summary, field, getattr(summary, field) + 1)
-        return cls(summary=summary, hosts=hosts)
+        mode: Literal["current", "candidate"] = "candidate" if candidate else "current"
+        return cls(summary=summary, hosts=hosts, mode=mode, candidate=candidate)

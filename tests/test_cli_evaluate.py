@@ -93,7 +93,10 @@ def test_acceptance_verdicts_on_shared_trees(
     assert evidence["cpu.la57_enabled"]["source"].startswith("la57 flag")
     assert evidence["kernel.release"]["source"] == "/proc/sys/kernel/osrelease"
     passed = next(f for f in hosts["genoa-61"]["findings"] if f["rule_id"] == "kvm-amd-la57-npt")
-    assert passed["reason"] == "the fix is present (btf, high confidence)"
+    assert passed["reason"] == (
+        "the fix is present (btf, high confidence; signals that agree: "
+        "btf, module_symtab, knowledge_base, version_floor)"
+    )
     at_risk = next(
         f for f in hosts["genoa-510-debian11"]["findings"] if f["rule_id"] == "kvm-amd-la57-npt"
     )

@@ -161,9 +161,9 @@ def compress(data: bytes, kind: str | None) -> bytes:
     if kind == "gz":
         return gzip.compress(data)
     if kind == "zst":
-        import zstandard
+        from backports import zstd
 
-        return zstandard.ZstdCompressor(level=10).compress(data)
+        return zstd.compress(data, level=10)
     raise ValueError(kind)
 
 

@@ -10,7 +10,7 @@ import time
 import traceback
 from typing import Any, Callable, Dict, Optional
 
-from . import canary, changelog, cpu, items, kernel, kernellog, kvm, la57
+from . import boot, canary, changelog, cpu, items, kernel, kernellog, kvm, la57
 from .items import Item, Root
 
 PROBE_VERSION = 1
@@ -33,10 +33,8 @@ def _value(item: Item) -> Any:
     return item.get("value") if item.get("status") == items.OK else None
 
 
-def _kvm_builtin(config: Item, loaded: Item, sys_kvm: Item) -> Optional[bool]:
-    options = _value(config) or {}
-    if options.get("CONFIG_KVM") in ("y", "m"):
-        return bool(options["CONFIG_KVM"] == "y")
+def _kvm_builtin(loaded: Item, sys_kvm: Item) -> Optional[bool]:
+    """Without a config: kvm is built in when /sys/module/kvm exists but it is not loaded."""
     modules = _value(loaded)
     present = (_value(sys_kvm) or {}).get("present")
     if modules is not None and present is not None:
@@ -54,17 +52,63 @@ def _load(fs: Root, module_item: Item, name: str) -> kvm.LoadedModule:
         return kvm.LoadedModule(None, None, failure)
 
 
+Take = Callable[[str, Callable[[], Item]], Item]
+
+
 def _read_kvm_module(
-    fs: Root, take: Callable[[str, Callable[[], Item]], Item], kvm_ko: Item, builtin: Optional[bool]
+    fs: Root, take: Take, kvm_ko: Item, builtin: Optional[bool], running: bool
 ) -> None:
-    """kvm.ko is read (and decompressed) once for its BTF and its symbol table."""
+    """kvm.ko is read (and decompressed) once, for its BTF and its symbol table."""
     module = _load(fs, kvm_ko, "kvm.ko")
-    btf_item = take("btf_mmu", lambda: kvm.read_btf_params(fs, builtin))
-    not_in_vmlinux = btf_item["status"] == items.OK and not btf_item["value"].get("found")
-    if builtin is not True and (btf_item["status"] == items.MISSING or not_in_vmlinux):
-        # No /sys/kernel/btf/kvm (module not loaded): the module file's own BTF.
-        take("btf_mmu", lambda: kvm.read_module_btf(fs, module))
+    if running:
+        btf_item = take("btf_mmu", lambda: kvm.read_btf_params(fs, builtin))
+        not_in_vmlinux = btf_item["status"] == items.OK and not btf_item["value"].get("found")
+        if builtin is not True and (btf_item["status"] == items.MISSING or not_in_vmlinux):
+            take("btf_mmu", lambda: kvm.read_module_btf(fs, module, "/sys/kernel/btf/vmlinux"))
+    else:
+        take("btf_mmu", lambda: kvm.read_module_btf(fs, module, None))
     take("kvm_symtab", lambda: kvm.read_module_symbol(module))
+
+
+def _read_kernel_build(
+    fs: Root, take: Take, release: Optional[str], builtin: Optional[bool], running: bool
+) -> None:
+    """What one installed kernel carries: its config, KVM modules, symbols and changelog.
+
+    The same reading serves the running kernel and the one the next reboot starts; only the
+    running kernel has /sys/kernel/btf (its base BTF) and a loaded kvm to ask.
+    """
+    options = _value(take("config", lambda: kernel.read_config(fs, release))) or {}
+    if options.get("CONFIG_KVM") in ("y", "m"):
+        builtin = options["CONFIG_KVM"] == "y"
+    amd_ko = take("kvm_amd_ko", lambda: kvm.find_module_file(fs, release, "kvm-amd.ko"))
+    kvm_ko = take("kvm_ko", lambda: kvm.find_module_file(fs, release, "kvm.ko"))
+    _read_kvm_module(fs, take, kvm_ko, builtin, running)
+    take("system_map", lambda: kvm.read_system_map(fs, release))
+    take("kvm_amd_refusal", lambda: kvm.read_refusal_string(_load(fs, amd_ko, "kvm-amd.ko")))
+    take("changelog", lambda: changelog.read_changelog(fs, release))
+
+
+def _read_next_boot(fs: Root, boot_item: Item, running: Optional[str]) -> Item:
+    default = (_value(boot_item) or {}).get("default")
+    if not default:
+        return items.failed(
+            boot_item.get("source", "bootloader"),
+            boot_item.get("status", items.MISSING),
+            boot_item.get("reason", "no default boot kernel"),
+        )
+    if default == running:
+        return items.ok(boot_item["source"], {"release": default, "same_as_running": True})
+    found: Dict[str, Item] = {}
+
+    def take(name: str, read: Callable[[], Item]) -> Item:
+        found[name] = _guard(name, read)
+        return found[name]
+
+    _read_kernel_build(fs, take, default, None, running=False)
+    return items.ok(
+        boot_item["source"], {"release": default, "same_as_running": False, "items": found}
+    )
 
 
 def _canary(fs: Root, enabled: bool, timeout: float, guest: str) -> Item:
@@ -111,28 +155,20 @@ def probe_host(
     take("cmdline", lambda: kernel.read_cmdline(fs))
     take("hostname", lambda: kernel.read_hostname(fs))
     take("os_release", lambda: kernel.read_os_release(fs))
-    config = take("config", lambda: kernel.read_config(fs, release))
     loaded = take("modules", lambda: kvm.read_loaded_modules(fs))
     sys_kvm = take("sys_kvm", lambda: kvm.read_sys_module(fs, "kvm"))
     take("sys_kvm_amd", lambda: kvm.read_sys_module(fs, "kvm_amd"))
     take("sys_kvm_intel", lambda: kvm.read_sys_module(fs, "kvm_intel"))
-    take("kvm_amd_ko", lambda: kvm.find_module_file(fs, release, "kvm-amd.ko"))
-    kvm_ko = take("kvm_ko", lambda: kvm.find_module_file(fs, release, "kvm.ko"))
-    amd_ko = found["kvm_amd_ko"]
-    builtin = _kvm_builtin(config, loaded, sys_kvm)
-    _read_kvm_module(fs, take, kvm_ko, builtin)
-    take("system_map", lambda: kvm.read_system_map(fs, release))
+    _read_kernel_build(fs, take, release, _kvm_builtin(loaded, sys_kvm), running=True)
+    config = found["config"]
     take(
         "kallsyms", lambda: kvm.read_kallsyms(fs, (_value(config) or {}).get("CONFIG_KALLSYMS_ALL"))
     )
-    take(
-        "kvm_amd_refusal",
-        lambda: kvm.read_refusal_string(_load(fs, amd_ko, "kvm-amd.ko")),
-    )
     take("kernel_log", lambda: kernellog.read_kernel_log(fs))
-    take("changelog", lambda: changelog.read_changelog(fs, release))
     take("la57_mmap", lambda: la57.probe_mmap(fs))
     take("canary", lambda: _canary(fs, canary_run, canary_timeout, canary_guest))
+    boot_item = take("boot", lambda: boot.read_boot(fs))
+    take("next_boot", lambda: _read_next_boot(fs, boot_item, release))
     return {
         "probe_version": PROBE_VERSION,
         "root": fs.root,

@@ -169,12 +169,11 @@ def read_module_symbol(module: LoadedModule) -> Item:
     return items.ok(module.path, {"symbol": FIX_SYMBOL, "defined": defined})
 
 
-def read_module_btf(root: Root, module: LoadedModule) -> Item:
+def read_module_btf(root: Root, module: LoadedModule, base_path: Optional[str]) -> Item:
     """kvm_configure_mmu from kvm.ko's own .BTF section, split over the running vmlinux BTF.
 
-    On the live host the module under /lib/modules/<running release> belongs to the running
-    kernel, so /sys/kernel/btf/vmlinux is its base; a tree without that file gets its base
-    inferred by the BTF reader.
+    For the running kernel, /sys/kernel/btf/vmlinux is the module's base; for another installed
+    kernel (or a tree without that file) the BTF reader infers the base.
     """
     if module.failure is not None:
         return module.failure
@@ -187,11 +186,10 @@ def read_module_btf(root: Root, module: LoadedModule) -> Item:
     if section is None:
         return items.failed(source, items.MISSING, "%s: no .BTF section" % module.path)
     base = None
-    vmlinux_path = "/sys/kernel/btf/vmlinux"
-    if root.exists(vmlinux_path):
+    if base_path and root.exists(base_path):
         try:
-            base = _read_binary(root, vmlinux_path)
-            source = "%s (split over %s)" % (source, vmlinux_path)
+            base = _read_binary(root, base_path)
+            source = "%s (split over %s)" % (source, base_path)
         except EnvironmentError:
             base = None
     return _params_item(source, section, base)

@@ -1,12 +1,13 @@
 """Read a kernel module file, decompressing .ko.xz, .ko.gz and .ko.zst as a stream.
 
-xz and gzip come from the standard library; zstd from the `zstandard` package when the Python
-running the probe has it, else the `zstd` command. Output is capped, so a corrupt or hostile
+xz and gzip come from the standard library; zstd from compression.zstd (Python 3.14) or its
+backport when the Python running the probe has one, else the `zstd` command. Output is capped, so a corrupt or hostile
 file can't exhaust memory.
 """
 
 import lzma
 import subprocess
+import sys
 import zlib
 from typing import Callable, List, Optional
 
@@ -75,40 +76,41 @@ def _gz(path: str, handle: "object") -> bytes:
         raise ModuleReadError("%s: bad gzip data (%s)" % (path, exc)) from None
 
 
+def _zstd_module() -> "object":
+    """compression.zstd (Python 3.14+) or its backport; targets usually have neither."""
+    if sys.version_info >= (3, 14):
+        from compression import zstd
+    else:
+        from backports import zstd
+    return zstd
+
+
 def _zst(path: str, real: str) -> bytes:
     try:
-        import zstandard
+        zstd = _zstd_module()
     except ImportError:
         return _zst_command(path, real)
-    try:
-        with open(real, "rb") as handle:
-            reader = zstandard.ZstdDecompressor().stream_reader(handle)
-            out: List[bytes] = []
-            size = 0
-            while True:
-                piece = reader.read(_CHUNK)
-                if not piece:
-                    break
-                size += len(piece)
-                if size > MAX_MODULE_BYTES:
-                    raise ModuleReadError(
-                        "%s: decompresses to more than %d bytes" % (path, MAX_MODULE_BYTES)
-                    )
-                out.append(piece)
-            return b"".join(out)
-    except zstandard.ZstdError as exc:
-        raise ModuleReadError("%s: bad zstd data (%s)" % (path, exc)) from None
+    decompressor = zstd.ZstdDecompressor()  # type: ignore[attr-defined]
+
+    def step(chunk: bytes) -> bytes:
+        return decompressor.decompress(chunk)  # type: ignore[no-any-return]
+
+    with open(real, "rb") as handle:
+        try:
+            return _stream(path, handle, step, lambda: bool(decompressor.eof))
+        except zstd.ZstdError as exc:  # type: ignore[attr-defined]
+            raise ModuleReadError("%s: bad zstd data (%s)" % (path, exc)) from None
 
 
 def _zst_command(path: str, real: str) -> bytes:
-    """Targets rarely have the zstandard module; the zstd command usually comes with zstd modules."""
+    """Targets rarely have a zstd module; the zstd command usually comes with zstd modules."""
     try:
         proc = subprocess.Popen(
             ["zstd", "-d", "-c", "-q", "--", real], stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
     except EnvironmentError:
         raise ModuleReadError(
-            "%s: zstd-compressed, and neither the zstandard module nor the zstd command is available"
+            "%s: zstd-compressed, and neither a zstd Python module nor the zstd command is available"
             % path
         ) from None
     try:

@@ -64,7 +64,13 @@ def _reason(host: HostReport) -> str:
 
 
 def build(report: ScanReport) -> Table:
-    table = Table(title=f"fleetscan: {report.summary.hosts} host(s)", title_justify="left")
+    title = f"fleetscan: {report.summary.hosts} host(s)"
+    if report.candidate is not None:
+        title += (
+            f" after booting candidate kernel {report.candidate.release}"
+            f" ({report.candidate.source}; decided by {report.candidate.decided_by})"
+        )
+    table = Table(title=title, title_justify="left")
     # Names and verdicts never wrap; on a narrow terminal the descriptive columns fold instead.
     for column in ("host", "verdict", "basis"):
         table.add_column(column, no_wrap=True)

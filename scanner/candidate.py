@@ -1,0 +1,160 @@
+"""A candidate kernel, and hosts as they will be after rebooting into it.
+
+The kernel's own evidence comes from the same probe the sweep runs, pointed at the package
+extracted into a temporary tree; the host keeps its hardware, distribution, command line and
+KVM configuration. Only 5-level paging changes with the kernel, so it is predicted from the
+CPU's capability, the candidate's config and the command line.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from scanner.facts import HostFacts, Provenance, from_probe
+from scanner.findings import CandidateKernel
+from scanner.kernelpkg import PackageError, extract_kernel
+
+# The kvm facts that describe a kernel build; the rest of KvmFacts describes the running host.
+BUILD_KVM_FIELDS = (
+    "builtin",
+    "amd_module_path",
+    "kvm_module_path",
+    "btf_params",
+    "btf_base",
+    "symtab_tdp_root_level",
+    "system_map_tdp_root_level",
+    "amd_refusal_string",
+)
+RUNTIME_KVM_FIELDS = ("npt_param", "nested_param", "cmdline_npt")
+
+
+class CandidateError(ValueError):
+    """A candidate kernel that can't be inspected; the message names the file and the problem."""
+
+
+class Candidate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    identity: CandidateKernel
+    facts: HostFacts
+
+
+def inspect(path: Path) -> Candidate:
+    """Extract only what the probe reads, probe it, and keep the facts (the tree is removed)."""
+    from scanner.probe import probe_host
+
+    if not path.exists():
+        raise CandidateError(f"{path}: no such file or directory")
+    with tempfile.TemporaryDirectory(prefix="fleetscan-kernel-") as scratch:
+        try:
+            extracted = extract_kernel(path, Path(scratch))
+        except PackageError as exc:
+            raise CandidateError(str(exc)) from None
+        facts = from_probe(probe_host(str(extracted.root)))
+    if facts.kernel.release is None:
+        raise CandidateError(f"{path}: no kernel release found")
+    if facts.kernel.x86_5level is None:
+        raise CandidateError(
+            f"{path}: no kernel config (boot/config-{extracted.release}) in the package"
+        )
+    return Candidate(
+        identity=CandidateKernel(
+            source=str(path),
+            format=extracted.format,
+            release=extracted.release,
+            package=extracted.package,
+            version=extracted.version,
+            decided_by="kernel binaries",
+        ),
+        facts=facts,
+    )
+
+
+def from_version(release: str) -> Candidate:
+    """Only a release string: the knowledge base and the version floor decide, and say so."""
+    if not release.strip() or any(c.isspace() for c in release.strip()):
+        raise CandidateError(f"--kernel-version {release!r}: not a kernel release")
+    release = release.strip()
+    where = f"--kernel-version {release}"
+    facts = HostFacts.model_validate(
+        {"kernel": {"release": release}, "provenance": {"kernel.release": Provenance(source=where)}}
+    )
+    return Candidate(
+        identity=CandidateKernel(
+            source=where, format="version", release=release, decided_by="version only"
+        ),
+        facts=facts,
+    )
+
+
+def _predicted_la57(host: HostFacts, kernel: HostFacts) -> tuple[bool | None, str]:
+    capable, five_level, no5lvl = (
+        host.cpu.la57_capable,
+        kernel.kernel.five_level_paging,
+        host.kernel.no5lvl,
+    )
+    if capable is False:
+        return False, "predicted: the CPU has no LA57"
+    if five_level is False:
+        return False, "predicted: the candidate is built without 5-level paging"
+    if no5lvl:
+        return False, "predicted: booted with no5lvl"
+    if capable and five_level and no5lvl is False:
+        return True, "predicted: LA57 CPU, candidate built for 5-level paging, no no5lvl"
+    if five_level is None and kernel.kernel.release is not None:
+        # A release string alone can't say; every kernel 6.16+ and most distribution kernels
+        # of the last years can, so assume it will, as the hang needs.
+        return (
+            True if capable else None
+        ), "predicted: 5-level paging assumed (no candidate config)"
+    return None, "predicted: unknown (CPU capability or command line not collected)"
+
+
+def predict(host: HostFacts, candidate: Candidate) -> HostFacts:
+    """The host after a reboot into the candidate kernel."""
+    kernel = candidate.facts
+    label = f"candidate {candidate.identity.release}"
+    data: dict[str, Any] = host.model_dump(exclude={"boot"})
+    provenance = {
+        k: v for k, v in host.provenance.items() if not k.startswith(("kernel.", "kvm.", "boot."))
+    }
+    data["kernel"] = {
+        **kernel.kernel.model_dump(),
+        "cmdline": host.kernel.cmdline,  # boot parameters persist across the upgrade
+    }
+    for path, value in kernel.provenance.items():
+        if path.startswith("kernel.") or path.split(".", 1)[-1] in BUILD_KVM_FIELDS:
+            provenance[path] = Provenance(
+                source=f"{label}: {value.source}" if value.source else None,
+                reason=f"{label}: {value.reason}" if value.reason else None,
+            )
+    if "kernel.cmdline" in host.provenance:
+        provenance["kernel.cmdline"] = host.provenance["kernel.cmdline"]
+    kvm: dict[str, Any] = {field: getattr(kernel.kvm, field) for field in BUILD_KVM_FIELDS}
+    kvm.update({field: getattr(host.kvm, field) for field in RUNTIME_KVM_FIELDS})
+    for path in RUNTIME_KVM_FIELDS:
+        if f"kvm.{path}" in host.provenance:
+            provenance[f"kvm.{path}"] = host.provenance[f"kvm.{path}"]
+    # kvm_amd loads after the reboot where it loads now. Distributions split modules into other
+    # packages (Ubuntu's linux-modules-*, RHEL's kernel-modules-core), so a package without
+    # kvm-amd.ko does not mean the host will lose it.
+    kvm["amd_installed"] = True if kernel.kvm.amd_installed else host.kvm.amd_installed
+    kvm["amd_loaded"] = host.kvm.amd_loaded
+    shipped = "shipped by the candidate" if kernel.kvm.amd_installed else "as now"
+    provenance["kvm.amd_installed"] = Provenance(source=f"predicted: {shipped}")
+    loaded_now = host.provenance.get("kvm.amd_loaded", Provenance()).source
+    provenance["kvm.amd_loaded"] = Provenance(source=f"predicted: as now ({loaded_now})")
+    data["kvm"] = kvm
+    la57, why = _predicted_la57(host, kernel)
+    # The flag, mmap probe and CR4 describe the running kernel, not the candidate.
+    data["cpu"].update({"la57_predicted": la57, "cr4": None, "la57_mmap": None})
+    if la57 is None:
+        data["cpu"]["la57_flag"] = None
+    provenance["cpu.la57_predicted"] = (
+        Provenance(source=why) if la57 is not None else Provenance(reason=why)
+    )
+    data["provenance"] = provenance
+    return HostFacts.model_validate(data)
