@@ -19,7 +19,7 @@ from rich.console import Console
 from scanner import __version__
 from scanner.evaluate import evaluate_host, failed_host
 from scanner.facts import FactsError, HostFacts, from_probe
-from scanner.findings import CandidateKernel, HostError, HostReport, ScanReport, Verdict
+from scanner.findings import CandidateKernel, HostError, HostReport, Kernels, ScanReport, Verdict
 from scanner.report import canary as canary_report
 from scanner.report import json as json_report
 from scanner.report import junit as junit_report
@@ -282,6 +282,14 @@ def cmd_gate(args: argparse.Namespace) -> int:
         for name, facts in hosts.items()
     }
     report = build_report(rules, predicted, candidate.identity)
+    for host in report.hosts:
+        now = hosts.get(host.host)
+        if isinstance(now, HostFacts):
+            host.kernels = Kernels(
+                running=now.kernel.release,
+                next_boot=now.boot.default_release,
+                candidate=candidate.identity.release,
+            )
     blocking = {Verdict.AFFECTED}
     if args.fail_on == "at_risk":
         blocking.add(Verdict.AT_RISK)

@@ -19,6 +19,7 @@ from scanner.findings import (
     Finding,
     HostError,
     HostReport,
+    Kernels,
     Severity,
     Verdict,
     fingerprint,
@@ -239,6 +240,7 @@ def evaluate_host(rules: list[Rule], host: str, facts: HostFacts) -> HostReport:
         host=host,
         verdict=verdict,
         basis="observed" if observed else "inferred",
+        kernels=Kernels(running=facts.kernel.release, next_boot=facts.boot.default_release),
         findings=findings,
         facts=facts,
     )

@@ -83,12 +83,22 @@ class HostError(BaseModel):
 Basis = Literal["observed", "inferred"]
 
 
+class Kernels(BaseModel):
+    """The kernels in play for a host: running now, started by the next reboot, and judged."""
+
+    model_config = ConfigDict(extra="forbid")
+    running: str | None = None
+    next_boot: str | None = None
+    candidate: str | None = None
+
+
 class HostReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str
     verdict: Verdict
     # observed: a guest ran on the host's KVM and its outcome decided the verdict.
     basis: Basis = "inferred"
+    kernels: Kernels | None = None
     findings: list[Finding]
     facts: HostFacts | None = None
     error: HostError | None = None

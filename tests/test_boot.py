@@ -124,6 +124,7 @@ def test_safe_running_kernel_unfixed_next_boot_is_at_risk(
     finding = next(f for f in report["hosts"][0]["findings"] if f["rule_id"] == "kvm-amd-la57-npt")
     assert finding["verdict"] == "at_risk"
     assert f"next boot kernel {R510} lacks the fix (module_symtab)" in finding["reason"]
+    assert report["hosts"][0]["kernels"] == {"running": R61, "next_boot": R510, "candidate": None}
     # The report keeps the next kernel's own facts, and reloading re-derives them.
     again = json.loads(json.dumps(report["hosts"][0]["facts"]))
     assert again["boot"]["next"]["kvm"]["fix"] == "absent"

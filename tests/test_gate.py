@@ -112,6 +112,11 @@ def test_running_kernel_does_not_matter(
     )
     assert (code, verdicts(report)) == (0, {"genoa-old": "pass"})
     assert report["hosts"][0]["facts"]["kernel"]["release"] == "6.1.0-56-amd64"
+    assert report["hosts"][0]["kernels"] == {
+        "running": "5.10.0-46-amd64",
+        "next_boot": None,
+        "candidate": "6.1.0-56-amd64",
+    }
 
 
 def test_unknown_blocks_unless_allowed(

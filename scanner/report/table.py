@@ -58,6 +58,18 @@ def _fix(facts: HostFacts | None) -> str:
     return f"{kvm.fix} ({kvm.fix_signal}, {kvm.fix_confidence}){flag}"
 
 
+def _kernel(host: HostReport) -> str:
+    kernels = host.kernels
+    if kernels is None:
+        return "-"
+    shown = kernels.running or "?"
+    if kernels.next_boot and kernels.next_boot != kernels.running:
+        shown += f" (next boot {kernels.next_boot})"
+    if kernels.candidate:
+        shown += f" -> candidate {kernels.candidate}"
+    return shown
+
+
 def _reason(host: HostReport) -> str:
     worst = [f for f in host.findings if f.verdict == host.verdict]
     return worst[0].reason if worst else ""
@@ -83,7 +95,7 @@ def build(report: ScanReport) -> Table:
             Text(host.verdict.value, style=STYLES[host.verdict]),
             host.basis,
             _cpu(facts),
-            (facts.kernel.release if facts else None) or "-",
+            _kernel(host),
             _la57(facts),
             _fix(facts),
             _reason(host),
