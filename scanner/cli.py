@@ -390,7 +390,7 @@ def cmd_probe_host(args: argparse.Namespace) -> int:
 # --- parser ----------------------------------------------------------------------------
 
 
-def _report_options(parser: argparse.ArgumentParser) -> None:
+def _output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="PATH", help="also write the JSON report to PATH")
     parser.add_argument(
         "--format",
@@ -399,13 +399,17 @@ def _report_options(parser: argparse.ArgumentParser) -> None:
         help="what to print (default: table)",
     )
     parser.add_argument(
+        "--rules", metavar="DIR", help="rules directory (default: the bundled rules)"
+    )
+
+
+def _report_options(parser: argparse.ArgumentParser) -> None:
+    _output_options(parser)
+    parser.add_argument(
         "--fail-on",
         choices=tuple(FAIL_ON),
         default="affected",
         help="exit 1 when a host's verdict is at or above this (affected > unknown > at_risk); default affected",
-    )
-    parser.add_argument(
-        "--rules", metavar="DIR", help="rules directory (default: the bundled rules)"
     )
 
 
@@ -481,8 +485,7 @@ def parser() -> argparse.ArgumentParser:
     gate.add_argument(
         "--root", action="append", metavar="DIR", help="a host's extracted tree (repeatable)"
     )
-    gate.add_argument("--output", metavar="PATH", help="also write the JSON report to PATH")
-    gate.add_argument("--format", choices=("table", "json"), default="table")
+    _output_options(gate)
     gate.add_argument(
         "--junit", metavar="PATH", help="write JUnit XML (one testcase per host and rule)"
     )
@@ -495,7 +498,6 @@ def parser() -> argparse.ArgumentParser:
     gate.add_argument(
         "--allow-unknown", action="store_true", help="let unknown hosts pass, with a warning"
     )
-    gate.add_argument("--rules", metavar="DIR", help="rules directory (default: the bundled rules)")
     gate.set_defaults(run=cmd_gate)
 
     kernel = commands.add_parser("kernel", help="inspect a candidate kernel package")

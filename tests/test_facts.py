@@ -7,18 +7,7 @@ from typing import Any
 import pytest
 
 from scanner.facts import FactsError, HostFacts, from_probe
-
-SIGNAL_ORDER = [
-    "canary",
-    "btf",
-    "module_symtab",
-    "system_map",
-    "refusal",
-    "kallsyms",
-    "changelog",
-    "knowledge_base",
-    "version_floor",
-]
+from tests.trees import SIGNAL_ORDER
 
 
 def ok(source: str, value: Any) -> dict[str, Any]:

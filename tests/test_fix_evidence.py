@@ -20,6 +20,7 @@ from tests.trees import (
     DEBIAN_61,
     DEBIAN_510,
     REPO,
+    SIGNAL_ORDER,
     Tree,
     debian_host,
     kallsyms_of,
@@ -330,16 +331,6 @@ def test_report_lists_every_signal(tmp_path: Path) -> None:
     report = _report(debian_host(DEBIAN_61).build(tmp_path / "h"))
     host = report["hosts"][0]
     signals = host["facts"]["kvm"]["signals"]
-    assert [s["name"] for s in signals] == [
-        "canary",
-        "btf",
-        "module_symtab",
-        "system_map",
-        "refusal",
-        "kallsyms",
-        "changelog",
-        "knowledge_base",
-        "version_floor",
-    ]
+    assert [s["name"] for s in signals] == SIGNAL_ORDER
     assert all(s["detail"] for s in signals)
     assert host["facts"]["kvm"]["fix_signal"] == "btf"

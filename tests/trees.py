@@ -18,6 +18,19 @@ DATA = Path(__file__).parent / "data"
 SAMPLES = DATA / "samples"
 REPO = Path(__file__).resolve().parent.parent
 
+# The fix signals in precedence order, as every host's facts list them.
+SIGNAL_ORDER = [
+    "canary",
+    "btf",
+    "module_symtab",
+    "system_map",
+    "refusal",
+    "kallsyms",
+    "changelog",
+    "knowledge_base",
+    "version_floor",
+]
+
 DEBIAN_510 = "debian-5.10.262-1"
 DEBIAN_61 = "debian-6.1.192-2"
 RELEASES = {DEBIAN_510: "5.10.0-46-amd64", DEBIAN_61: "6.1.0-56-amd64"}

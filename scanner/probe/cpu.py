@@ -179,27 +179,21 @@ def read_lscpu(root: Root) -> Item:
         except ValueError as exc:
             return items.failed(command, items.UNPARSABLE, "lscpu -J: not JSON (%s)" % exc)
         return items.ok(command, summarize_lscpu(fields))
-    for capture in LSCPU_CAPTURES:
-        text, failure = items.read_text_item(root, capture)
-        if failure:
-            if failure["status"] == items.MISSING:
-                continue
-            return failure
-        assert text is not None
-        if text.lstrip().startswith("{"):
-            try:
-                fields = parse_lscpu_json(text)
-            except ValueError as exc:
-                return items.failed(capture, items.UNPARSABLE, "%s: not JSON (%s)" % (capture, exc))
-        else:
-            fields = parse_lscpu_text(text)
-        summary = summarize_lscpu(fields)
-        if not summary:
-            return items.failed(capture, items.UNPARSABLE, "%s: no lscpu fields" % capture)
-        return items.ok(capture, summary)
-    return items.failed(
-        LSCPU_CAPTURES[0], items.MISSING, "no lscpu capture under the tree (%s)" % LSCPU_CAPTURES[0]
-    )
+    capture, text, failure = items.first_capture(root, LSCPU_CAPTURES, "lscpu")
+    if failure is not None:
+        return failure
+    assert capture is not None and text is not None
+    if text.lstrip().startswith("{"):
+        try:
+            fields = parse_lscpu_json(text)
+        except ValueError as exc:
+            return items.failed(capture, items.UNPARSABLE, "%s: not JSON (%s)" % (capture, exc))
+    else:
+        fields = parse_lscpu_text(text)
+    summary = summarize_lscpu(fields)
+    if not summary:
+        return items.failed(capture, items.UNPARSABLE, "%s: no lscpu fields" % capture)
+    return items.ok(capture, summary)
 
 
 def read_machine(root: Root) -> Item:

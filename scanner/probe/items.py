@@ -113,6 +113,26 @@ class Root(object):
         return sorted(os.listdir(self.path(host_path)))
 
 
+def first_capture(
+    root: Root, paths: "Tuple[str, ...]", what: str
+) -> Tuple[Optional[str], Optional[str], Optional[Item]]:
+    """(path, text, None) for the first of `paths` the tree has, else (None, None, failure).
+
+    A capture that exists but can't be read is that failure; missing ones are skipped.
+    """
+    for path in paths:
+        text, failure = read_text_item(root, path)
+        if failure is None:
+            return path, text, None
+        if failure["status"] != MISSING:
+            return None, None, failure
+    return (
+        None,
+        None,
+        failed(paths[0], MISSING, "no %s captured under the tree (%s)" % (what, ", ".join(paths))),
+    )
+
+
 def read_text_item(root: Root, host_path: str) -> Tuple[Optional[str], Optional[Item]]:
     """(text, None) when readable, else (None, failure item)."""
     try:

@@ -108,16 +108,8 @@ def read_kernel_log(root: Root) -> Item:
             else failures[0]["status"]
         )
         return items.failed("/dev/kmsg", status, "; ".join(f["reason"] for f in failures))
-    for capture in _CAPTURES:
-        text, failure = items.read_text_item(root, capture)
-        if failure:
-            if failure["status"] == items.MISSING:
-                continue
-            return failure
-        assert text is not None
-        return items.ok(capture, _scan(_dmesg_lines(text)))
-    return items.failed(
-        _CAPTURES[0],
-        items.MISSING,
-        "no kernel log captured under the tree (%s)" % ", ".join(_CAPTURES),
-    )
+    capture, text, failure = items.first_capture(root, _CAPTURES, "kernel log")
+    if failure is not None:
+        return failure
+    assert capture is not None and text is not None
+    return items.ok(capture, _scan(_dmesg_lines(text)))
