@@ -9,7 +9,9 @@ so a newer fleetscan re-derives old evidence with its own knowledge.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -36,9 +38,16 @@ class FactsError(ValueError):
 
 
 class Provenance(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Frozen: identical provenances are shared across hosts (see `provenance`).
+    model_config = ConfigDict(extra="forbid", frozen=True)
     source: str | None = None
     reason: str | None = None
+
+
+@lru_cache(maxsize=65536)
+def provenance(source: str | None = None, reason: str | None = None) -> Provenance:
+    """One shared instance per (source, reason): a fleet repeats the same few thousand."""
+    return Provenance(source=source, reason=reason)
 
 
 class FixSignal(BaseModel):
@@ -186,8 +195,8 @@ class HostFacts(BaseModel):
         section_name, _, field = path.partition(".")
         section = getattr(self, section_name, None)
         value = getattr(section, field, None) if isinstance(section, BaseModel) else None
-        provenance = self.provenance.get(path) or Provenance(reason=f"{path}: not collected")
-        return missing_if_unknown(path, value), provenance
+        where = self.provenance.get(path) or provenance(reason=f"{path}: not collected")
+        return missing_if_unknown(path, value), where
 
 
 BootFacts.model_rebuild()
@@ -249,11 +258,11 @@ class _Builder:
         if value is None:
             return
         self.values[section][field] = value
-        self.provenance[path] = Provenance(source=source)
+        self.provenance[path] = provenance(source=source)
 
     def missing(self, path: str, reason: str) -> None:
         if path not in self.provenance:
-            self.provenance[path] = Provenance(reason=reason)
+            self.provenance[path] = provenance(reason=reason)
 
 
 def from_probe(raw: Any) -> HostFacts:
@@ -287,6 +296,13 @@ def from_probe(raw: Any) -> HostFacts:
     )
 
 
+def _interned(value: Any) -> Any:
+    """CPU flags repeat across a fleet: one string object each instead of one per host."""
+    if isinstance(value, list):
+        return [sys.intern(v) if isinstance(v, str) else v for v in value]
+    return value
+
+
 def _cpu(build: _Builder) -> None:
     cpuinfo, lscpu, machine = build.item("cpuinfo"), build.item("lscpu"), build.item("machine")
     info = cpuinfo.value if cpuinfo.ok and isinstance(cpuinfo.value, dict) else {}
@@ -304,9 +320,9 @@ def _cpu(build: _Builder) -> None:
     for fact, key in fields:
         path = f"cpu.{fact}"
         if key in info:
-            build.set(path, info[key], cpuinfo.source)
+            build.set(path, _interned(info[key]), cpuinfo.source)
         elif key in ls:
-            build.set(path, ls[key], lscpu.source)
+            build.set(path, _interned(ls[key]), lscpu.source)
         else:
             reasons = [cpuinfo.why() if not cpuinfo.ok else f"{cpuinfo.source}: no {key}"]
             reasons.append(lscpu.why() if not lscpu.ok else f"{lscpu.source}: no {key}")
@@ -495,7 +511,7 @@ def _boot(build: _Builder) -> None:
         build.values["boot"]["next"] = from_probe(
             {"items": {k: v for k, v in synthesized.items() if v}}
         )
-        build.provenance["boot.next"] = Provenance(source=f"{release} ({next_boot.source})")
+        build.provenance["boot.next"] = provenance(source=f"{release} ({next_boot.source})")
     except FactsError as exc:
         build.missing("boot.next", str(exc))
 
@@ -530,7 +546,7 @@ def _kvm(build: _Builder) -> None:
             build.set(f"kvm.{fact}", loaded, source)
 
     config = build.values["kernel"]
-    config_source = build.provenance.get("kernel.config_kvm_amd", Provenance()).source
+    config_source = build.provenance.get("kernel.config_kvm_amd", provenance()).source
     amd_ko = build.item("kvm_amd_ko")
     if amd_ko.ok and amd_ko.value:
         build.set("kvm.amd_installed", True, amd_ko.source)
@@ -605,17 +621,17 @@ def _derived(facts: HostFacts, path: str, value: Any, source: str) -> None:
     section, _, field = path.partition(".")
     setattr(getattr(facts, section), field, value)
     if value is None:
-        facts.provenance[path] = Provenance(reason=source)
+        facts.provenance[path] = provenance(reason=source)
     else:
-        facts.provenance[path] = Provenance(source=source)
+        facts.provenance[path] = provenance(source=source)
 
 
 def _source(facts: HostFacts, path: str) -> str:
-    return facts.provenance.get(path, Provenance()).source or path
+    return facts.provenance.get(path, provenance()).source or path
 
 
 def _why(facts: HostFacts, path: str) -> str:
-    return facts.provenance.get(path, Provenance()).reason or f"{path}: not collected"
+    return facts.provenance.get(path, provenance()).reason or f"{path}: not collected"
 
 
 def base_version(release: str | None) -> tuple[int, int, int] | None:
@@ -649,7 +665,7 @@ def _derive_boot(facts: HostFacts) -> None:
         )
         for field in ("next_fix", "next_fix_signal", "next_five_level_paging", "next_state"):
             setattr(boot, field, None)
-            facts.provenance[f"boot.{field}"] = Provenance(reason=reason)
+            facts.provenance[f"boot.{field}"] = provenance(reason=reason)
         return
     boot.next_fix = kvm.fix
     boot.next_fix_signal = kvm.fix_signal
@@ -661,14 +677,14 @@ def _derive_boot(facts: HostFacts) -> None:
         ("next_five_level_paging", "kernel.five_level_paging"),
         ("next_state", "kvm.state"),
     ):
-        provenance = owner.provenance.get(path, Provenance())
+        known = owner.provenance.get(path, provenance())
         if getattr(boot, field) in (None, "unknown"):
-            facts.provenance[f"boot.{field}"] = Provenance(
-                reason=f"{where}: {provenance.reason or 'unknown'}"
+            facts.provenance[f"boot.{field}"] = provenance(
+                reason=f"{where}: {known.reason or 'unknown'}"
             )
         else:
-            facts.provenance[f"boot.{field}"] = Provenance(
-                source=f"{where}: {provenance.source or path}"
+            facts.provenance[f"boot.{field}"] = provenance(
+                source=f"{where}: {known.source or path}"
             )
 
 
@@ -832,7 +848,7 @@ def _decide_fix(facts: HostFacts) -> None:
         )
         _derived(facts, "kvm.contradiction", True, detail)
         kvm.contradiction_detail = detail
-        facts.provenance["kvm.contradiction_detail"] = Provenance(
+        facts.provenance["kvm.contradiction_detail"] = provenance(
             source=f"{present.name}, {absent.name}"
         )
     else:
@@ -840,7 +856,7 @@ def _decide_fix(facts: HostFacts) -> None:
             facts, "kvm.contradiction", False, "signals agree" if decisive else "no decisive signal"
         )
         kvm.contradiction_detail = None
-        facts.provenance["kvm.contradiction_detail"] = Provenance(reason="no contradiction")
+        facts.provenance["kvm.contradiction_detail"] = provenance(reason="no contradiction")
     winner = decisive[0] if decisive else None
     observed = winner is not None and winner.name == "canary"
     if winner is None or (winner.outcome == "present" and absent is not None and not observed):
@@ -849,10 +865,10 @@ def _decide_fix(facts: HostFacts) -> None:
             reason = "no signal decided: " + "; ".join(f"{s.name}: {s.detail}" for s in kvm.signals)
         else:
             reason = f"signals disagree: {kvm.contradiction_detail}"
-        facts.provenance["kvm.fix"] = Provenance(reason=reason)
-        facts.provenance["kvm.fix_signal"] = Provenance(reason=reason)
-        facts.provenance["kvm.fix_confidence"] = Provenance(reason=reason)
-        facts.provenance["kvm.fix_agreeing"] = Provenance(reason=reason)
+        facts.provenance["kvm.fix"] = provenance(reason=reason)
+        facts.provenance["kvm.fix_signal"] = provenance(reason=reason)
+        facts.provenance["kvm.fix_confidence"] = provenance(reason=reason)
+        facts.provenance["kvm.fix_agreeing"] = provenance(reason=reason)
         return
     fix: Fix = "present" if winner.outcome == "present" else "absent"
     agreeing = [s.name for s in decisive if s.outcome == winner.outcome]
@@ -881,14 +897,14 @@ def _derive_state(facts: HostFacts) -> None:
         kvm.state = "unknown"
     if kvm.state == "unknown":
         fix_reason = facts.provenance["kvm.fix"].reason
-        facts.provenance["kvm.state"] = Provenance(reason=f"kvm.fix is unknown ({fix_reason})")
+        facts.provenance["kvm.state"] = provenance(reason=f"kvm.fix is unknown ({fix_reason})")
     else:
         why = (
             "refusal evidence"
             if refusal_seen
             else f"kernel.base_version={facts.kernel.base_version}"
         )
-        facts.provenance["kvm.state"] = Provenance(source=f"kvm.fix={kvm.fix}, {why}")
+        facts.provenance["kvm.state"] = provenance(source=f"kvm.fix={kvm.fix}, {why}")
 
 
 # --- fix signals, in precedence order ----------------------------------------------------
