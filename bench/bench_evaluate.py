@@ -16,8 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scanner.evaluate import evaluate_host
-from scanner.facts import from_probe
 from scanner.findings import ScanReport
+from scanner.ingest import from_probe
 from scanner.probe import probe_host
 from scanner.report import json as json_report
 from scanner.resources import rules_dir

@@ -14,8 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from scanner.facts import HostFacts, Provenance, from_probe
+from scanner.facts import HostFacts, Provenance
 from scanner.findings import CandidateKernel
+from scanner.ingest import from_probe
 from scanner.kernelpkg import PackageError, extract_kernel
 
 # The kvm facts that describe a kernel build; the rest of KvmFacts describes the running host.

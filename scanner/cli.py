@@ -18,8 +18,9 @@ from rich.console import Console
 
 from scanner import __version__
 from scanner.evaluate import evaluate_host, failed_host
-from scanner.facts import FactsError, HostFacts, from_probe
+from scanner.facts import FactsError, HostFacts
 from scanner.findings import CandidateKernel, HostError, HostReport, Kernels, ScanReport, Verdict
+from scanner.ingest import from_probe
 from scanner.report import canary as canary_report
 from scanner.report import json as json_report
 from scanner.report import junit as junit_report

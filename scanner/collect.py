@@ -19,8 +19,9 @@ from typing import Any, Literal
 
 import ansible_runner
 
-from scanner.facts import FactsError, HostFacts, from_probe
+from scanner.facts import FactsError, HostFacts
 from scanner.findings import HostError
+from scanner.ingest import from_probe
 from scanner.resources import collections_dir, playbook
 
 LOCAL_INVENTORY = "localhost ansible_connection=local ansible_python_interpreter={python}\n"

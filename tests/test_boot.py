@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from scanner.cli import main
-from scanner.facts import from_probe
+from scanner.ingest import from_probe
 from scanner.probe import probe_host
 from scanner.probe.boot import read_boot
 from scanner.probe.items import Root

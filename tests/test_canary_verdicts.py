@@ -13,7 +13,7 @@ import pytest
 
 from scanner.cli import main
 from scanner.evaluate import evaluate_host
-from scanner.facts import from_probe
+from scanner.ingest import from_probe
 from scanner.resources import rules_dir
 from scanner.rules import load_rules
 

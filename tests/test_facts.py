@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from scanner.facts import FactsError, HostFacts, from_probe
+from scanner.facts import FactsError, HostFacts
+from scanner.ingest import from_probe
 from tests.trees import SIGNAL_ORDER
 
 

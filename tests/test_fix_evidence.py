@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from scanner.cli import main
-from scanner.facts import HostFacts, from_probe
+from scanner.facts import HostFacts
+from scanner.ingest import from_probe
 from scanner.probe import probe_host
 from tests.trees import (
     DEBIAN_61,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scanner.facts import from_probe
+from scanner.ingest import from_probe
 from scanner.probe import probe_host
 from tests.trees import DEBIAN_61, Tree, debian_host, sample
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from scanner.facts import from_probe
+from scanner.ingest import from_probe
 from scanner.probe import probe_host
 
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from scanner.facts import from_probe
+from scanner.ingest import from_probe
 from scanner.probe import probe_host
 from tests.trees import DEBIAN_61, DEBIAN_510, Tree, debian_host, sample
 

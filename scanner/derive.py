@@ -1,0 +1,301 @@
+"""Derived facts, computed once whenever facts are validated (also when a report is reloaded).
+
+LA57 capability and use, the kernel's 5-level paging and package version, kvm_amd's
+availability and NPT, the fix (from the signals in scanner/signals.py) with its confidence and
+contradictions, the kernel state, and the next boot kernel's verdict-relevant facts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scanner import knowledge
+from scanner.facts import (
+    CR4_LA57,
+    REFUSAL_VERSIONS,
+    Fix,
+    HostFacts,
+    base_version,
+    fact_source,
+    fact_why,
+    provenance,
+)
+from scanner.signals import SIGNAL_CONFIDENCE, fix_signals
+
+
+def _derived(facts: HostFacts, path: str, value: Any, source: str) -> None:
+    section, _, field = path.partition(".")
+    setattr(getattr(facts, section), field, value)
+    if value is None:
+        facts.provenance[path] = provenance(reason=source)
+    else:
+        facts.provenance[path] = provenance(source=source)
+
+
+def derive_all(facts: HostFacts) -> None:
+    _derive_cpu(facts)
+    _derive_kernel(facts)
+    _derive_kvm(facts)
+    _derive_boot(facts)
+
+
+def _derive_boot(facts: HostFacts) -> None:
+    """The next boot kernel's fix and 5-level paging, from its own facts or the running ones."""
+    boot = facts.boot
+    if boot.next_is_running:
+        kernel, kvm, where = facts.kernel, facts.kvm, "the running kernel"
+        owner = facts
+    elif boot.next is not None:
+        kernel, kvm, where = boot.next.kernel, boot.next.kvm, f"kernel {boot.default_release}"
+        owner = boot.next
+    else:
+        reason = (
+            fact_why(facts, "boot.next_is_running")
+            if boot.next_is_running is None
+            else fact_why(facts, "boot.next")
+        )
+        for field in ("next_fix", "next_fix_signal", "next_five_level_paging", "next_state"):
+            setattr(boot, field, None)
+            facts.provenance[f"boot.{field}"] = provenance(reason=reason)
+        return
+    boot.next_fix = kvm.fix
+    boot.next_fix_signal = kvm.fix_signal
+    boot.next_five_level_paging = kernel.five_level_paging
+    boot.next_state = kvm.state
+    for field, path in (
+        ("next_fix", "kvm.fix"),
+        ("next_fix_signal", "kvm.fix_signal"),
+        ("next_five_level_paging", "kernel.five_level_paging"),
+        ("next_state", "kvm.state"),
+    ):
+        known = owner.provenance.get(path, provenance())
+        if getattr(boot, field) in (None, "unknown"):
+            facts.provenance[f"boot.{field}"] = provenance(
+                reason=f"{where}: {known.reason or 'unknown'}"
+            )
+        else:
+            facts.provenance[f"boot.{field}"] = provenance(
+                source=f"{where}: {known.source or path}"
+            )
+
+
+def _derive_cpu(facts: HostFacts) -> None:
+    cpu = facts.cpu
+    if cpu.virtual_address_bits is not None:
+        capable = cpu.virtual_address_bits >= 57 or bool(cpu.la57_flag)
+        _derived(
+            facts,
+            "cpu.la57_capable",
+            capable,
+            f"cpu.virtual_address_bits ({fact_source(facts, 'cpu.virtual_address_bits')})",
+        )
+    elif cpu.la57_flag:
+        _derived(
+            facts,
+            "cpu.la57_capable",
+            True,
+            f"cpu.la57_flag ({fact_source(facts, 'cpu.la57_flag')})",
+        )
+    else:
+        _derived(facts, "cpu.la57_capable", None, fact_why(facts, "cpu.virtual_address_bits"))
+
+    if cpu.la57_predicted is not None:
+        _derived(
+            facts, "cpu.la57_enabled", cpu.la57_predicted, fact_source(facts, "cpu.la57_predicted")
+        )
+        return
+    if cpu.cr4 is not None:
+        _derived(
+            facts,
+            "cpu.la57_enabled",
+            bool(cpu.cr4 & CR4_LA57),
+            f"CR4 bit 12 ({fact_source(facts, 'cpu.cr4')})",
+        )
+    elif cpu.la57_mmap is not None:
+        _derived(
+            facts,
+            "cpu.la57_enabled",
+            cpu.la57_mmap,
+            f"cpu.la57_mmap ({fact_source(facts, 'cpu.la57_mmap')})",
+        )
+    elif cpu.la57_flag is not None:
+        _derived(
+            facts,
+            "cpu.la57_enabled",
+            cpu.la57_flag,
+            f"la57 flag ({fact_source(facts, 'cpu.la57_flag')})",
+        )
+    else:
+        _derived(facts, "cpu.la57_enabled", None, fact_why(facts, "cpu.flags"))
+
+
+def _derive_kernel(facts: HostFacts) -> None:
+    kernel = facts.kernel
+    version = base_version(kernel.release)
+    if version is not None:
+        _derived(
+            facts,
+            "kernel.base_version",
+            ".".join(str(part) for part in version),
+            f"kernel.release ({fact_source(facts, 'kernel.release')})",
+        )
+    else:
+        _derived(facts, "kernel.base_version", None, fact_why(facts, "kernel.release"))
+    if kernel.cmdline is not None:
+        _derived(
+            facts,
+            "kernel.no5lvl",
+            "no5lvl" in kernel.cmdline.split(),
+            fact_source(facts, "kernel.cmdline"),
+        )
+    else:
+        _derived(facts, "kernel.no5lvl", None, fact_why(facts, "kernel.cmdline"))
+    if kernel.x86_5level == "y" or kernel.pgtable_levels == 5:
+        which = "CONFIG_X86_5LEVEL=y" if kernel.x86_5level == "y" else "CONFIG_PGTABLE_LEVELS=5"
+        _derived(
+            facts,
+            "kernel.five_level_paging",
+            True,
+            f"{which} ({fact_source(facts, 'kernel.x86_5level')})",
+        )
+    elif kernel.x86_5level is not None:
+        _derived(
+            facts,
+            "kernel.five_level_paging",
+            False,
+            f"CONFIG_X86_5LEVEL={kernel.x86_5level} ({fact_source(facts, 'kernel.x86_5level')})",
+        )
+    else:
+        _derived(facts, "kernel.five_level_paging", None, fact_why(facts, "kernel.x86_5level"))
+    package = knowledge.debian_package_version(kernel.version)
+    if package is not None:
+        _derived(
+            facts,
+            "kernel.package_version",
+            package,
+            f"kernel.version ({fact_source(facts, 'kernel.version')})",
+        )
+    else:
+        _derived(
+            facts,
+            "kernel.package_version",
+            None,
+            "no distribution package version in /proc/version",
+        )
+
+
+def _derive_kvm(facts: HostFacts) -> None:
+    kvm = facts.kvm
+    if kvm.amd_loaded or kvm.amd_installed:
+        which = "kvm.amd_loaded" if kvm.amd_loaded else "kvm.amd_installed"
+        _derived(facts, "kvm.amd_available", True, f"{which} ({fact_source(facts, which)})")
+    elif kvm.amd_loaded is False and kvm.amd_installed is False:
+        _derived(
+            facts,
+            "kvm.amd_available",
+            False,
+            f"kvm_amd neither loaded ({fact_source(facts, 'kvm.amd_loaded')}) nor installed ({fact_source(facts, 'kvm.amd_installed')})",
+        )
+    else:
+        missing = "kvm.amd_loaded" if kvm.amd_loaded is None else "kvm.amd_installed"
+        _derived(facts, "kvm.amd_available", None, fact_why(facts, missing))
+
+    if kvm.amd_loaded and kvm.npt_param is not None:
+        _derived(
+            facts,
+            "kvm.npt_enabled",
+            kvm.npt_param.strip() in ("Y", "y", "1"),
+            fact_source(facts, "kvm.npt_param"),
+        )
+    elif kvm.cmdline_npt is not None:
+        _derived(
+            facts,
+            "kvm.npt_enabled",
+            kvm.cmdline_npt.strip() not in ("0", "N", "n"),
+            "/proc/cmdline (kvm_amd.npt=)",
+        )
+    else:
+        _derived(facts, "kvm.npt_enabled", None, fact_why(facts, "kvm.npt_param"))
+
+    kvm.signals = fix_signals(facts)
+    _decide_fix(facts)
+    _derive_state(facts)
+
+
+def _decide_fix(facts: HostFacts) -> None:
+    """The highest-precedence decisive signal wins, except that disagreement never passes.
+
+    When signals disagree and the winner says "present", the fix is unknown: a host is never
+    passed on evidence that something else contradicts, unless the winner is the canary (a
+    guest observed to boot under 5-level NPT is the truth the others infer). When the winner
+    says "absent", it stands (the conservative answer). The contradiction is recorded either way.
+    """
+    kvm = facts.kvm
+    decisive = [s for s in kvm.signals if s.outcome in ("present", "absent")]
+    present = next((s for s in decisive if s.outcome == "present"), None)
+    absent = next((s for s in decisive if s.outcome == "absent"), None)
+    kvm.kb_stream = next((s.stream for s in kvm.signals if s.stream), None)
+    if present and absent:
+        detail = (
+            f"{present.name} says present ({present.detail}) but "
+            f"{absent.name} says absent ({absent.detail})"
+        )
+        _derived(facts, "kvm.contradiction", True, detail)
+        kvm.contradiction_detail = detail
+        facts.provenance["kvm.contradiction_detail"] = provenance(
+            source=f"{present.name}, {absent.name}"
+        )
+    else:
+        _derived(
+            facts, "kvm.contradiction", False, "signals agree" if decisive else "no decisive signal"
+        )
+        kvm.contradiction_detail = None
+        facts.provenance["kvm.contradiction_detail"] = provenance(reason="no contradiction")
+    winner = decisive[0] if decisive else None
+    observed = winner is not None and winner.name == "canary"
+    if winner is None or (winner.outcome == "present" and absent is not None and not observed):
+        kvm.fix, kvm.fix_signal, kvm.fix_confidence, kvm.fix_agreeing = "unknown", None, None, None
+        if winner is None:
+            reason = "no signal decided: " + "; ".join(f"{s.name}: {s.detail}" for s in kvm.signals)
+        else:
+            reason = f"signals disagree: {kvm.contradiction_detail}"
+        facts.provenance["kvm.fix"] = provenance(reason=reason)
+        facts.provenance["kvm.fix_signal"] = provenance(reason=reason)
+        facts.provenance["kvm.fix_confidence"] = provenance(reason=reason)
+        facts.provenance["kvm.fix_agreeing"] = provenance(reason=reason)
+        return
+    fix: Fix = "present" if winner.outcome == "present" else "absent"
+    agreeing = [s.name for s in decisive if s.outcome == winner.outcome]
+    _derived(facts, "kvm.fix_agreeing", agreeing, "kvm.signals")
+    _derived(facts, "kvm.fix", fix, f"{winner.name}: {winner.detail}")
+    _derived(facts, "kvm.fix_signal", winner.name, winner.source or winner.name)
+    _derived(facts, "kvm.fix_confidence", SIGNAL_CONFIDENCE[winner.name], f"{winner.name} signal")
+
+
+def _derive_state(facts: HostFacts) -> None:
+    kvm = facts.kvm
+    version = base_version(facts.kernel.release)
+    refusal_seen = bool(kvm.amd_refusal_string or facts.kernel.log_refusal)
+    in_refusal_window = (
+        version is not None and REFUSAL_VERSIONS[0] <= version[:2] < REFUSAL_VERSIONS[1]
+    )
+    if kvm.fix == "present":
+        kvm.state = "fixed"
+    elif kvm.fix == "absent" and (
+        refusal_seen or in_refusal_window or facts.kernel.changelog_refusal
+    ):
+        kvm.state = "refuses"
+    elif kvm.fix == "absent":
+        kvm.state = "unfixed"
+    else:
+        kvm.state = "unknown"
+    if kvm.state == "unknown":
+        fix_reason = facts.provenance["kvm.fix"].reason
+        facts.provenance["kvm.state"] = provenance(reason=f"kvm.fix is unknown ({fix_reason})")
+    else:
+        why = (
+            "refusal evidence"
+            if refusal_seen
+            else f"kernel.base_version={facts.kernel.base_version}"
+        )
+        facts.provenance["kvm.state"] = provenance(source=f"kvm.fix={kvm.fix}, {why}")
