@@ -250,7 +250,7 @@ def _candidate(args: argparse.Namespace) -> Candidate:
 
 
 def cmd_kernel_inspect(args: argparse.Namespace) -> int:
-    args.kernel, args.kernel_version = args.path, args.kernel_version
+    args.kernel = args.path
     if args.path and args.kernel_version:
         raise UsageError("kernel inspect: give PATH or --kernel-version, not both")
     candidate = _candidate(args)

@@ -32,7 +32,7 @@ from scanner.kernelpkg import ExtractedKernel, PackageError, extract_kernel
 from scanner.probe import probe_host
 from scanner.probe.elf import defines_symbol
 from tests.packages import debian_kernel_package
-from tests.trees import DEBIAN_61, RELEASES, debian_host, kernel, kernels_dir
+from tests.trees import DEBIAN_61, RELEASES, damage, debian_host, kernel, kernels_dir
 
 if sys.version_info >= (3, 14):
     from compression import zstd
@@ -889,14 +889,6 @@ def small_deb(compression: str) -> bytes:
 
 
 SMALL = {name: small_deb(name) for name in ("xz", "zst", "gz")} | {"rpm": rpm(rpm_tree(), "zst")}
-
-
-def damage(data: bytes, cut: int, flips: list[int]) -> bytes:
-    out = bytearray(data[: max(0, min(cut, len(data)))])
-    for position in flips:
-        if out:
-            out[position % len(out)] ^= 1 << (position % 8)
-    return bytes(out)
 
 
 @FUZZ

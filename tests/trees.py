@@ -62,6 +62,15 @@ def kernel_file(version: str, name: str) -> bytes:
     return path.read_bytes()
 
 
+def damage(data: bytes, cut: int, flips: list[int]) -> bytes:
+    """`data` cut at `cut` with a bit flipped at each of `flips` (for property-based tests)."""
+    out = bytearray(data[: max(0, min(cut, len(data)))])
+    for position in flips:
+        if out:
+            out[position % len(out)] ^= 1 << (position % 8)
+    return bytes(out)
+
+
 def sample(name: str) -> str:
     """A capture without its SOURCE line, as the host itself would show it."""
     lines = (SAMPLES / name).read_text().splitlines(keepends=True)

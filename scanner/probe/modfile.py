@@ -9,7 +9,7 @@ import lzma
 import subprocess
 import sys
 import zlib
-from typing import Callable, List, Optional
+from typing import List, Optional, Tuple, Type
 
 from .items import Root
 
@@ -29,51 +29,34 @@ def compression(path: str) -> Optional[str]:
     return None
 
 
-def _stream(
-    path: str, handle: "object", decompress: Callable[[bytes], bytes], done: Callable[[], bool]
+def _decompress(
+    path: str,
+    handle: "object",
+    decompressor: "object",
+    errors: "Tuple[Type[BaseException], ...]",
+    kind: str,
 ) -> bytes:
+    """Feed the file through `decompressor` chunk by chunk; a stream that never ends is cut short.
+
+    xz, zlib and zstd decompressors share the decompress(data, max_length) / eof interface.
+    """
     out: List[bytes] = []
     size = 0
-    while True:
-        chunk = handle.read(_CHUNK)  # type: ignore[attr-defined]
-        if not chunk:
-            break
-        piece = decompress(chunk)
-        size += len(piece)
-        if size > MAX_MODULE_BYTES:
-            raise ModuleReadError(
-                "%s: decompresses to more than %d bytes" % (path, MAX_MODULE_BYTES)
-            )
-        out.append(piece)
-        if done():
-            break
-    if not done():
-        raise ModuleReadError("%s: compressed stream cut short" % path)
+    try:
+        while not decompressor.eof:  # type: ignore[attr-defined]
+            chunk = handle.read(_CHUNK)  # type: ignore[attr-defined]
+            if not chunk:
+                raise ModuleReadError("%s: compressed stream cut short" % path)
+            piece = decompressor.decompress(chunk, MAX_MODULE_BYTES + 1)  # type: ignore[attr-defined]
+            size += len(piece)
+            if size > MAX_MODULE_BYTES:
+                raise ModuleReadError(
+                    "%s: decompresses to more than %d bytes" % (path, MAX_MODULE_BYTES)
+                )
+            out.append(piece)
+    except errors as exc:
+        raise ModuleReadError("%s: bad %s data (%s)" % (path, kind, exc)) from None
     return b"".join(out)
-
-
-def _xz(path: str, handle: "object") -> bytes:
-    decompressor = lzma.LZMADecompressor()
-
-    def step(chunk: bytes) -> bytes:
-        return decompressor.decompress(chunk, MAX_MODULE_BYTES + 1)
-
-    try:
-        return _stream(path, handle, step, lambda: decompressor.eof)
-    except lzma.LZMAError as exc:
-        raise ModuleReadError("%s: bad xz data (%s)" % (path, exc)) from None
-
-
-def _gz(path: str, handle: "object") -> bytes:
-    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-
-    def step(chunk: bytes) -> bytes:
-        return decompressor.decompress(chunk, MAX_MODULE_BYTES + 1)
-
-    try:
-        return _stream(path, handle, step, lambda: decompressor.eof)
-    except zlib.error as exc:
-        raise ModuleReadError("%s: bad gzip data (%s)" % (path, exc)) from None
 
 
 def _zstd_module() -> "object":
@@ -90,16 +73,9 @@ def _zst(path: str, real: str) -> bytes:
         zstd = _zstd_module()
     except ImportError:
         return _zst_command(path, real)
-    decompressor = zstd.ZstdDecompressor()  # type: ignore[attr-defined]
-
-    def step(chunk: bytes) -> bytes:
-        return decompressor.decompress(chunk)  # type: ignore[no-any-return]
-
     with open(real, "rb") as handle:
-        try:
-            return _stream(path, handle, step, lambda: bool(decompressor.eof))
-        except zstd.ZstdError as exc:  # type: ignore[attr-defined]
-            raise ModuleReadError("%s: bad zstd data (%s)" % (path, exc)) from None
+        decompressor = zstd.ZstdDecompressor()  # type: ignore[attr-defined]
+        return _decompress(path, handle, decompressor, (zstd.ZstdError,), "zstd")  # type: ignore[attr-defined]
 
 
 def _zst_command(path: str, real: str) -> bytes:
@@ -138,4 +114,8 @@ def read_module(root: Root, path: str) -> bytes:
     if kind == "zst":
         return _zst(path, real)
     with open(real, "rb") as handle:
-        return _xz(path, handle) if kind == "xz" else _gz(path, handle)
+        if kind == "xz":
+            return _decompress(path, handle, lzma.LZMADecompressor(), (lzma.LZMAError,), "xz")
+        return _decompress(
+            path, handle, zlib.decompressobj(16 + zlib.MAX_WBITS), (zlib.error,), "gzip"
+        )

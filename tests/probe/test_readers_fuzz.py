@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from scanner.probe import changelog, elf, kernellog, kvm, modfile
 from scanner.probe.items import Root
-from tests.trees import DEBIAN_61, kernel_file
+from tests.trees import DEBIAN_61, damage, kernel_file
 
 FUZZ = settings(
     max_examples=40,
@@ -29,14 +29,6 @@ COMPRESSORS = {
     "gz": gzip.compress,
     "zst": lambda data: zstd.compress(data, level=3),
 }
-
-
-def damage(data: bytes, cut: int, flips: list[int]) -> bytes:
-    out = bytearray(data[: max(0, min(cut, len(data)))])
-    for position in flips:
-        if out:
-            out[position % len(out)] ^= 1 << (position % 8)
-    return bytes(out)
 
 
 def _module_result(tmp_path: Path, name: str, blob: bytes) -> str:
