@@ -164,10 +164,14 @@ def _check_output_path(output: str | None, option: str = "--output") -> None:
 
 
 def _write_atomically(path: Path, text: str) -> None:
+    """Write beside `path`, then rename: a reader never sees half a report."""
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.resolve().parent)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # as an ordinary file would be, not mkstemp's 0600
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

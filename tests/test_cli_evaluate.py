@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -153,6 +154,9 @@ def test_table_output_and_report_file(
     assert code == 1
     assert "genoa-510-5level" in out and "affected" in out and "absent (module_symtab, high)" in out
     saved = json.loads(output.read_text())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert output.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's 0600
     assert verdicts(saved) == {"genoa-510-5level": "affected"}
     # A saved report evaluates again to the same verdicts, and keeps fingerprints stable.
     code, again = report_of(capsys, "evaluate", "--facts", str(output), "--fail-on", "never")
