@@ -1,0 +1,48 @@
+"""The `fleetscan` command: the one place that prints and picks exit codes.
+
+Each command lives in its own module with a `register(subparsers)` and its `run` functions;
+shared exit codes, consoles and report publishing are in `common`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from scanner import __version__
+from scanner.cli import evaluate, gate, probe, rulecmds, sweep
+from scanner.cli.common import EXIT_BAD_INPUT, UsageError, stderr
+from scanner.inputs import InputError
+
+# In the order `fleetscan --help` lists them.
+COMMANDS = (sweep, evaluate, gate, rulecmds, probe)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="fleetscan",
+        description="Find KVM hosts that will hang their guests under AMD 5-level paging.",
+    )
+    top.add_argument("--version", action="version", version=f"fleetscan {__version__}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(commands)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except (UsageError, InputError) as exc:
+        stderr().print(f"fleetscan: {exc}", markup=False)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        stderr().print("fleetscan: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

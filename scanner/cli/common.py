@@ -1,0 +1,142 @@
+"""What every command shares: exit codes, consoles, rules, the report and how it is published.
+
+Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 bad invocation or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+
+from scanner.evaluate import evaluate_host, failed_host
+from scanner.findings import CandidateKernel, HostError, HostReport, ScanReport, Verdict
+from scanner.inputs import Hosts
+from scanner.report import json as json_report
+from scanner.report import table
+from scanner.resources import rules_dir
+from scanner.rules import Rule, RuleError, load_rules
+
+EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
+FAIL_ON = {
+    "affected": Verdict.AFFECTED.rank,
+    "unknown": Verdict.UNKNOWN.rank,
+    "at_risk": Verdict.AT_RISK.rank,
+    "never": None,
+}
+
+
+class UsageError(Exception):
+    """Bad input: one line naming the file, host or field; exit 2."""
+
+
+def stderr() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def stdout() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(highlight=False, width=160)
+    return console
+
+
+def load_rules_for(args: argparse.Namespace) -> list[Rule]:
+    try:
+        return load_rules(Path(args.rules) if args.rules else rules_dir())
+    except RuleError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def build_report(
+    rules: list[Rule],
+    hosts: Hosts,
+    candidate: CandidateKernel | None = None,
+) -> ScanReport:
+    reports: list[HostReport] = []
+    for name, outcome in hosts.items():
+        if isinstance(outcome, HostError):
+            reports.append(failed_host(rules, name, outcome))
+        else:
+            reports.append(evaluate_host(rules, name, outcome))
+    return ScanReport.of(reports, candidate)
+
+
+def check_output_path(output: str | None, option: str = "--output") -> None:
+    if not output:
+        return
+    parent = Path(output).resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {output}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{option} {output}: directory {parent} is not writable")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write beside `path`, then rename: a reader never sees half a report."""
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.resolve().parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # as an ordinary file would be, not mkstemp's 0600
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def publish(report: ScanReport, args: argparse.Namespace) -> int:
+    """Print the report and write --output (the report is printed even if the file fails)."""
+    if args.format == "json":
+        sys.stdout.write(json_report.render(report))
+    else:
+        stdout().print(table.build(report))
+    if args.output:
+        try:
+            write_atomically(Path(args.output), json_report.render(report))
+        except OSError as exc:
+            stderr().print(f"fleetscan: --output {args.output}: cannot write ({exc.strerror})")
+            return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def emit(report: ScanReport, args: argparse.Namespace) -> int:
+    """Publish the report and pick the exit code from --fail-on."""
+    status = publish(report, args)
+    threshold = FAIL_ON[args.fail_on]
+    if (
+        status == EXIT_OK
+        and threshold is not None
+        and any(h.verdict.rank >= threshold for h in report.hosts)
+    ):
+        status = EXIT_FINDINGS
+    return status
+
+
+def output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", metavar="PATH", help="also write the JSON report to PATH")
+    parser.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="what to print (default: table)",
+    )
+    parser.add_argument(
+        "--rules", metavar="DIR", help="rules directory (default: the bundled rules)"
+    )
+
+
+def report_options(parser: argparse.ArgumentParser) -> None:
+    output_options(parser)
+    parser.add_argument(
+        "--fail-on",
+        choices=tuple(FAIL_ON),
+        default="affected",
+        help="exit 1 when a host's verdict is at or above this (affected > unknown > at_risk); default affected",
+    )

@@ -1,0 +1,164 @@
+"""`fleetscan gate` and `fleetscan kernel inspect`: judge hosts against a candidate kernel."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scanner.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_FINDINGS,
+    EXIT_OK,
+    UsageError,
+    build_report,
+    check_output_path,
+    load_rules_for,
+    output_options,
+    publish,
+    stderr,
+    stdout,
+    write_atomically,
+)
+from scanner.cli.sweep import swept_hosts
+from scanner.facts import HostFacts
+from scanner.findings import HostError, Kernels, Verdict
+from scanner.inputs import hosts_from_facts_file, hosts_from_roots
+from scanner.report import junit as junit_report
+from scanner.report import kernel as kernel_report
+
+if TYPE_CHECKING:
+    from scanner.candidate import Candidate
+
+
+def _candidate(args: argparse.Namespace) -> Candidate:
+    from scanner.candidate import CandidateError, from_version, inspect
+
+    if bool(args.kernel) == bool(args.kernel_version):
+        raise UsageError("give either --kernel PATH or --kernel-version RELEASE")
+    try:
+        return inspect(Path(args.kernel)) if args.kernel else from_version(args.kernel_version)
+    except CandidateError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def run_kernel_inspect(args: argparse.Namespace) -> int:
+    args.kernel = args.path
+    if args.path and args.kernel_version:
+        raise UsageError("kernel inspect: give PATH or --kernel-version, not both")
+    candidate = _candidate(args)
+    if args.format == "json":
+        sys.stdout.write(candidate.model_dump_json(indent=2) + "\n")
+    else:
+        stdout().print(kernel_report.build(candidate.identity, candidate.facts))
+    return EXIT_OK
+
+
+def run_gate(args: argparse.Namespace) -> int:
+    """Exit 0 when no host would be blocked after booting the candidate, 1 when one would."""
+    from scanner.candidate import predict
+
+    rules = load_rules_for(args)
+    check_output_path(args.output)
+    check_output_path(args.junit, "--junit")
+    sources = [bool(args.facts), bool(args.inventory), bool(args.root)]
+    if sum(sources) > 1:
+        raise UsageError("gate: give one of --facts FILE, -i INVENTORY or --root DIR")
+    candidate = _candidate(args)
+    if args.facts:
+        hosts = hosts_from_facts_file(Path(args.facts))
+    elif args.root:
+        hosts = hosts_from_roots(args.root)
+    else:
+        hosts = swept_hosts(args)
+    predicted: dict[str, HostFacts | HostError] = {
+        name: facts if isinstance(facts, HostError) else predict(facts, candidate)
+        for name, facts in hosts.items()
+    }
+    report = build_report(rules, predicted, candidate.identity)
+    for host in report.hosts:
+        now = hosts.get(host.host)
+        if isinstance(now, HostFacts):
+            host.kernels = Kernels(
+                running=now.kernel.release,
+                next_boot=now.boot.default_release,
+                candidate=candidate.identity.release,
+            )
+    blocking = {Verdict.AFFECTED}
+    if args.fail_on == "at_risk":
+        blocking.add(Verdict.AT_RISK)
+    if not args.allow_unknown:
+        blocking.add(Verdict.UNKNOWN)
+    status = publish(report, args)
+    if args.junit:
+        try:
+            write_atomically(
+                Path(args.junit), junit_report.render(report, blocking, name="fleetscan gate")
+            )
+        except OSError as exc:
+            stderr().print(
+                f"fleetscan: --junit {args.junit}: cannot write ({exc.strerror})", markup=False
+            )
+            status = EXIT_BAD_INPUT
+    unknown = [h.host for h in report.hosts if h.verdict is Verdict.UNKNOWN]
+    if unknown and args.allow_unknown:
+        stderr().print(
+            f"fleetscan: warning: {len(unknown)} host(s) unknown, allowed by --allow-unknown: "
+            + ", ".join(unknown[:10]),
+            markup=False,
+        )
+    if status == EXIT_OK and any(h.verdict in blocking for h in report.hosts):
+        status = EXIT_FINDINGS
+    return status
+
+
+def register(commands: Any) -> None:
+    gate = commands.add_parser(
+        "gate", help="would these hosts hang their guests after booting this kernel? (pre-upgrade)"
+    )
+    gate.add_argument(
+        "--kernel", metavar="PATH", help="candidate kernel: a .deb, an .rpm or an extracted tree"
+    )
+    gate.add_argument(
+        "--kernel-version",
+        metavar="RELEASE",
+        help="candidate by release string only (knowledge base and version)",
+    )
+    gate.add_argument(
+        "--facts", metavar="FILE", help="hosts from a saved report, probe output or fact cache"
+    )
+    gate.add_argument(
+        "-i", "--inventory", metavar="INVENTORY", help="hosts swept now through Ansible"
+    )
+    gate.add_argument("--limit", metavar="PATTERN")
+    gate.add_argument("--forks", type=int, default=10, metavar="N")
+    gate.add_argument(
+        "--root", action="append", metavar="DIR", help="a host's extracted tree (repeatable)"
+    )
+    output_options(gate)
+    gate.add_argument(
+        "--junit", metavar="PATH", help="write JUnit XML (one testcase per host and rule)"
+    )
+    gate.add_argument(
+        "--fail-on",
+        choices=("affected", "at_risk"),
+        default="affected",
+        help="block on affected (default) or also on at_risk; unknown always blocks unless --allow-unknown",
+    )
+    gate.add_argument(
+        "--allow-unknown", action="store_true", help="let unknown hosts pass, with a warning"
+    )
+    gate.set_defaults(run=run_gate)
+
+    kernel = commands.add_parser("kernel", help="inspect a candidate kernel package")
+    kernel_commands = kernel.add_subparsers(dest="kernel_command", required=True, metavar="ACTION")
+    inspect = kernel_commands.add_parser("inspect", help="what a kernel package says about the fix")
+    inspect.add_argument(
+        "path", nargs="?", metavar="PATH", help="a .deb, an .rpm or an extracted tree"
+    )
+    inspect.add_argument(
+        "--kernel-version", metavar="RELEASE", help="a release string instead of a package"
+    )
+    inspect.add_argument("--format", choices=("table", "json"), default="table")
+    inspect.set_defaults(run=run_kernel_inspect)

@@ -1,0 +1,74 @@
+"""`fleetscan sweep`: probe every inventory host through Ansible and report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from scanner.cli.common import (
+    UsageError,
+    build_report,
+    check_output_path,
+    emit,
+    load_rules_for,
+    report_options,
+    stderr,
+)
+from scanner.inputs import Hosts
+
+
+def swept_hosts(args: argparse.Namespace, canary: bool = False) -> Hosts:
+    from scanner.collect import InventoryError, sweep
+    from scanner.progress import SweepProgress
+
+    if args.forks < 1:
+        raise UsageError("--forks: must be at least 1")
+    inventory = Path(args.inventory) if args.inventory else None
+    with SweepProgress(stderr()) as progress:
+        try:
+            result = sweep(
+                inventory,
+                args.limit,
+                args.forks,
+                on_total=progress.start,
+                on_host=progress.advance,
+                canary=canary,
+                canary_timeout=getattr(args, "canary_timeout", 2.0),
+            )
+        except InventoryError as exc:
+            raise UsageError(f"inventory {exc}") from None
+    return result.hosts
+
+
+def run(args: argparse.Namespace) -> int:
+    rules = load_rules_for(args)
+    check_output_path(args.output)
+    if not 0 < args.canary_timeout <= 60:
+        raise UsageError("--canary-timeout: give seconds between 0 and 60")
+    return emit(build_report(rules, swept_hosts(args, canary=args.canary)), args)
+
+
+def register(commands: Any) -> None:
+    sweep = commands.add_parser(
+        "sweep", help="probe every inventory host through Ansible and report"
+    )
+    sweep.add_argument(
+        "-i", "--inventory", metavar="INVENTORY", help="Ansible inventory (default: this host)"
+    )
+    sweep.add_argument(
+        "--limit", metavar="PATTERN", help="Ansible host pattern to narrow the inventory"
+    )
+    sweep.add_argument(
+        "--forks", type=int, default=10, metavar="N", help="parallel hosts (default 10)"
+    )
+    sweep.add_argument(
+        "--canary",
+        action="store_true",
+        help="also run the KVM canary on every host (one tiny guest, bounded by --canary-timeout)",
+    )
+    sweep.add_argument(
+        "--canary-timeout", type=float, default=2.0, metavar="SECONDS", help="default 2"
+    )
+    report_options(sweep)
+    sweep.set_defaults(run=run)
