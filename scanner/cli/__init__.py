@@ -14,6 +14,7 @@ from scanner import __version__
 from scanner.cli import evaluate, gate, probe, rulecmds, sweep
 from scanner.cli.common import EXIT_BAD_INPUT, UsageError, stderr
 from scanner.inputs import InputError
+from scanner.output import OutputError
 
 # In the order `fleetscan --help` lists them.
 COMMANDS = (sweep, evaluate, gate, rulecmds, probe)
@@ -36,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
-    except (UsageError, InputError) as exc:
+    except (UsageError, InputError, OutputError) as exc:
         stderr().print(f"fleetscan: {exc}", markup=False)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -16,6 +15,7 @@ from rich.console import Console
 from scanner.evaluate import evaluate_host, failed_host
 from scanner.findings import CandidateKernel, HostError, HostReport, ScanReport, Verdict
 from scanner.inputs import Hosts
+from scanner.output import STDOUT, OutputError, resolve, write_text
 from scanner.report import json as json_report
 from scanner.report import table
 from scanner.resources import rules_dir
@@ -67,42 +67,36 @@ def build_report(
 
 
 def check_output_path(output: str | None, option: str = "--output") -> None:
-    if not output:
-        return
-    parent = Path(output).resolve().parent
-    if not parent.is_dir():
-        raise UsageError(f"{option} {output}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"{option} {output}: directory {parent} is not writable")
+    """Fail before long work when an output path could not or must not be written."""
+    if output:
+        try:
+            resolve(output, option)
+        except OutputError as exc:
+            raise UsageError(str(exc)) from None
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write beside `path`, then rename: a reader never sees half a report."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.resolve().parent)
+def write_output(path: str, text: str, option: str = "--output") -> int:
+    """Write an output file safely (scanner.output); EXIT_BAD_INPUT with one line if it fails."""
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # as an ordinary file would be, not mkstemp's 0600
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        write_text(path, text, option)
+    except OutputError as exc:
+        stderr().print(f"fleetscan: {exc}", markup=False)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
 
 
 def publish(report: ScanReport, args: argparse.Namespace) -> int:
-    """Print the report and write --output (the report is printed even if the file fails)."""
-    if args.format == "json":
-        sys.stdout.write(json_report.render(report))
-    else:
-        stdout().print(table.build(report))
+    """Print the report and write --output (the report is printed even if the file fails).
+
+    `--output -` puts the JSON report on stdout instead of the --format rendering.
+    """
+    if args.output != STDOUT:
+        if args.format == "json":
+            sys.stdout.write(json_report.render(report))
+        else:
+            stdout().print(table.build(report))
     if args.output:
-        try:
-            write_atomically(Path(args.output), json_report.render(report))
-        except OSError as exc:
-            stderr().print(f"fleetscan: --output {args.output}: cannot write ({exc.strerror})")
-            return EXIT_BAD_INPUT
+        return write_output(args.output, json_report.render(report))
     return EXIT_OK
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scanner.cli.common import (
-    EXIT_BAD_INPUT,
     EXIT_FINDINGS,
     EXIT_OK,
     UsageError,
@@ -19,7 +18,7 @@ from scanner.cli.common import (
     publish,
     stderr,
     stdout,
-    write_atomically,
+    write_output,
 )
 from scanner.cli.sweep import swept_hosts
 from scanner.facts import HostFacts
@@ -92,15 +91,8 @@ def run_gate(args: argparse.Namespace) -> int:
         blocking.add(Verdict.UNKNOWN)
     status = publish(report, args)
     if args.junit:
-        try:
-            write_atomically(
-                Path(args.junit), junit_report.render(report, blocking, name="fleetscan gate")
-            )
-        except OSError as exc:
-            stderr().print(
-                f"fleetscan: --junit {args.junit}: cannot write ({exc.strerror})", markup=False
-            )
-            status = EXIT_BAD_INPUT
+        junit = junit_report.render(report, blocking, name="fleetscan gate")
+        status = max(status, write_output(args.junit, junit, "--junit"))
     unknown = [h.host for h in report.hosts if h.verdict is Verdict.UNKNOWN]
     if unknown and args.allow_unknown:
         stderr().print(
