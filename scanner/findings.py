@@ -58,6 +58,17 @@ class Evidence(BaseModel):
     source: str | None = None
 
 
+class WaiverRef(BaseModel):
+    """The waiver covering a finding: the finding keeps its verdict but no longer fails a run."""
+
+    model_config = ConfigDict(extra="forbid")
+    owner: str
+    justification: str
+    expires: str
+    # file:line of the waiver, so a reader finds it.
+    source: str
+
+
 class Finding(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rule_id: str
@@ -70,6 +81,7 @@ class Finding(BaseModel):
     fingerprint: str
     # True when the verdict rests on the KVM canary's observation rather than on inference.
     observed: bool = False
+    waiver: WaiverRef | None = None
 
 
 class HostError(BaseModel):

@@ -101,8 +101,13 @@ def publish(report: ScanReport, args: argparse.Namespace) -> int:
 
 
 def emit(report: ScanReport, args: argparse.Namespace) -> int:
-    """Publish the report and pick the exit code from --fail-on."""
+    """Publish the report, record it in the history, and pick the exit code from --fail-on."""
+    from scanner.cli import after
+
     status = publish(report, args)
+    recorded = after.record(report, args, args.command)
+    if status == EXIT_OK:
+        status = recorded
     threshold = FAIL_ON[args.fail_on]
     if (
         status == EXIT_OK
@@ -127,7 +132,10 @@ def output_options(parser: argparse.ArgumentParser) -> None:
 
 
 def report_options(parser: argparse.ArgumentParser) -> None:
+    from scanner.cli import after
+
     output_options(parser)
+    after.options(parser)
     parser.add_argument(
         "--fail-on",
         choices=tuple(FAIL_ON),

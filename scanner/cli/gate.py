@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scanner.cli import after
 from scanner.cli.common import (
     EXIT_FINDINGS,
     EXIT_OK,
@@ -93,6 +94,9 @@ def run_gate(args: argparse.Namespace) -> int:
     if args.junit:
         junit = junit_report.render(report, blocking, name="fleetscan gate")
         status = max(status, write_output(args.junit, junit, "--junit"))
+    recorded = after.record(report, args, "gate")
+    if status == EXIT_OK:
+        status = recorded
     unknown = [h.host for h in report.hosts if h.verdict is Verdict.UNKNOWN]
     if unknown and args.allow_unknown:
         stderr().print(
@@ -129,6 +133,7 @@ def register(commands: Any) -> None:
         "--root", action="append", metavar="DIR", help="a host's extracted tree (repeatable)"
     )
     output_options(gate)
+    after.options(gate)
     gate.add_argument(
         "--junit", metavar="PATH", help="write JUnit XML (one testcase per host and rule)"
     )
