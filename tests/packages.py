@@ -50,7 +50,7 @@ def debian_package(name: str, suite: str) -> Path:
             cached = _cached(name)
             if cached is not None:
                 return cached
-            pytest.skip(apt.why_not or f"{name}: not in Debian {suite}")
+            pytest.skip(f"needs kernels: {apt.why_not or f'{name}: not in Debian {suite}'}")
         filename, version = resolved
         target = cache_dir() / "debs" / filename
         if target.is_file():
@@ -70,7 +70,9 @@ def debian_kernel_package(suite: str, flavour: str = "amd64") -> Path:
         matching = [p for p in cached if _suite_of_cached(p) == suite]
         if matching:
             return matching[-1]
-        pytest.skip(apt.why_not or f"linux-image-{flavour}: no dependency in Debian {suite}")
+        pytest.skip(
+            f"needs kernels: {apt.why_not or f'linux-image-{flavour}: no dependency in Debian {suite}'}"
+        )
     path = debian_package(name, suite)
     _remember_suite(path, suite)
     return path
@@ -288,5 +290,7 @@ class _Apt:
             got = list(Path(work).glob("*.deb"))
             if code != 0 or len(got) != 1:
                 lines = output.strip().splitlines() or ["failed"]
-                pytest.skip(f"apt-get download {name}={version} ({self.suite}): {lines[-1]}")
+                pytest.skip(
+                    f"needs kernels: apt-get download {name}={version} ({self.suite}): {lines[-1]}"
+                )
             os.replace(got[0], target)

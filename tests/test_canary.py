@@ -28,7 +28,7 @@ KVM = "/dev/kvm"
 
 needs_kvm = pytest.mark.skipif(
     not os.path.exists(KVM),
-    reason="no /dev/kvm on this machine: the canary needs a real KVM device to run a guest",
+    reason="needs kvm: no /dev/kvm on this machine: the canary needs a real KVM device to run a guest",
 )
 
 
@@ -234,7 +234,7 @@ def test_script_rejects_unknown_options() -> None:
 
 
 @needs_kvm
-@pytest.mark.skipif(not PY36.exists(), reason=f"no Python 3.6 at {PY36}")
+@pytest.mark.skipif(not PY36.exists(), reason=f"needs oldpython: no Python 3.6 at {PY36}")
 def test_python36_gives_the_same_outcome() -> None:
     for args, guest in (
         (("--timeout", "1"), "hlt"),

@@ -19,7 +19,8 @@ from scanner.rules import load_rules
 
 KVM = Path("/dev/kvm")
 needs_kvm = pytest.mark.skipif(
-    not KVM.exists(), reason="no /dev/kvm on this machine: the canary needs a real KVM device"
+    not KVM.exists(),
+    reason="needs kvm: no /dev/kvm on this machine: the canary needs a real KVM device",
 )
 
 

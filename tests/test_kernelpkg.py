@@ -815,7 +815,9 @@ cp -a %{tree}/. %{buildroot}/
 @pytest.fixture(scope="module")
 def rpmbuild(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:
     if shutil.which("rpmbuild") is None:
-        pytest.skip("rpmbuild not installed (Debian package rpm; scripts/setup --test installs it)")
+        pytest.skip(
+            "needs rpm: rpmbuild not installed (Debian package rpm; scripts/setup --test installs it)"
+        )
     artefacts = kernel(DEBIAN_61)
     work = tmp_path_factory.mktemp("rpmbuild")
     (work / "kernel.spec").write_text(SPEC)

@@ -69,7 +69,7 @@ def test_btf_params_match_bpftool(live: dict[str, Any]) -> None:
         pytest.skip(f"kvm BTF not available here: {btf['reason']}")
     assert btf["status"] == "ok", btf
     if not shutil.which("bpftool"):
-        pytest.skip("bpftool is not installed (scripts/setup --test installs it as root)")
+        pytest.skip("needs bpftool: not installed (scripts/setup --test installs it as root)")
     source = "/sys/kernel/btf/kvm" if "kvm (split" in btf["source"] else "/sys/kernel/btf/vmlinux"
     dump = json.loads(
         subprocess.run(

@@ -28,7 +28,7 @@ def comparable(output: dict[str, Any]) -> dict[str, Any]:
 def test_probe_under_old_python(version: str, tmp_path: Path) -> None:
     interpreter = PYENV / OLD_PYTHONS[version]
     if not interpreter.exists():
-        pytest.skip(f"Python {version} is not installed at {interpreter}")
+        pytest.skip(f"needs oldpython: Python {version} is not installed at {interpreter}")
     root = debian_host(DEBIAN_61).build(tmp_path / "host")
     proc = subprocess.run(
         [str(interpreter), "-m", "scanner.probe", str(root)],

@@ -147,16 +147,23 @@ def test_default_sweep_is_this_host_and_writes_a_valid_report(tmp_path: Path) ->
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     reason = unavailable_reason()
     if reason:
-        pytest.skip(reason)
+        pytest.skip(f"needs ssh: {reason}")
     with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
         yield server
+
+
+def unreachable_line(sshd: SshServer, name: str) -> str:
+    """An inventory host on a loopback port where nothing listens."""
+    return (
+        f"{name} ansible_host=127.0.0.1 ansible_port={free_port()} ansible_user=root "
+        f"ansible_ssh_private_key_file={sshd.client_key} ansible_ssh_common_args='-o UserKnownHostsFile={sshd.known_hosts}'"
+    )
 
 
 @pytest.mark.ssh
 def test_ssh_sweep_over_captured_trees_and_an_unreachable_host(
     capsys: pytest.CaptureFixture[str], trees: dict[str, Path], sshd: SshServer, tmp_path: Path
 ) -> None:
-    old_python = Path("/root/.pyenv/versions/3.8.18/bin/python3.8")
     lines = ["[hypervisors]"]
     for name in ("affected", "fixed", "at-risk", "rome"):
         lines.append(
@@ -166,41 +173,53 @@ def test_ssh_sweep_over_captured_trees_and_an_unreachable_host(
                 ansible_python_interpreter="/usr/bin/python3",
             )
         )
-    if old_python.exists():
-        # ansible-core's oldest supported target Python here runs the same probe.
-        lines.append(
-            sshd.host_line(
-                "ssh-py38",
-                fleetscan_root=str(trees["fixed"]),
-                ansible_python_interpreter=str(old_python),
-            )
-        )
-    closed = free_port()
-    lines.append(
-        f"ssh-down ansible_host=127.0.0.1 ansible_port={closed} ansible_user=root "
-        f"ansible_ssh_private_key_file={sshd.client_key} ansible_ssh_common_args='-o UserKnownHostsFile={sshd.known_hosts}'"
-    )
+    lines.append(unreachable_line(sshd, "ssh-down"))
     inventory = tmp_path / "inventory"
     inventory.write_text("\n".join(lines) + "\n")
     code, report, _err = sweep_report(capsys, "-i", str(inventory), "--forks", "3")
     assert code == 0, _err
     verdicts = {h["host"]: h["verdict"] for h in report["hosts"]}
-    expected = {
+    assert verdicts == {
         "ssh-affected": "affected",
         "ssh-fixed": "pass",
         "ssh-at-risk": "at_risk",
         "ssh-rome": "not_applicable",
         "ssh-down": "unknown",
     }
-    if old_python.exists():
-        expected["ssh-py38"] = "pass"
-    assert verdicts == expected
     down = next(h for h in report["hosts"] if h["host"] == "ssh-down")
     assert down["error"]["kind"] == "unreachable"
     assert down["findings"][0]["reason"].startswith("unreachable: ")
     assert down["facts"] is None
     fixed = next(h for h in report["hosts"] if h["host"] == "ssh-fixed")
     assert fixed["facts"]["root"] == str(trees["fixed"])
-    if old_python.exists():
-        py38 = next(h for h in report["hosts"] if h["host"] == "ssh-py38")
-        assert py38["facts"]["kvm"]["signals"] == fixed["facts"]["kvm"]["signals"]
+
+
+OLD_TARGET_PYTHON = Path("/root/.pyenv/versions/3.8.18/bin/python3.8")
+
+
+@pytest.mark.ssh
+def test_ssh_sweep_with_python38_on_the_target(
+    capsys: pytest.CaptureFixture[str], trees: dict[str, Path], sshd: SshServer, tmp_path: Path
+) -> None:
+    """ansible-core's oldest supported target Python runs the same probe to the same facts."""
+    if not OLD_TARGET_PYTHON.exists():
+        pytest.skip(f"needs oldpython: no Python 3.8 at {OLD_TARGET_PYTHON} for the SSH target")
+    lines = ["[hypervisors]"]
+    for name, python in (("ssh-py3", "/usr/bin/python3"), ("ssh-py38", str(OLD_TARGET_PYTHON))):
+        lines.append(
+            sshd.host_line(
+                name, fleetscan_root=str(trees["fixed"]), ansible_python_interpreter=python
+            )
+        )
+    inventory = tmp_path / "inventory"
+    inventory.write_text("\n".join(lines) + "\n")
+    code, report, _err = sweep_report(capsys, "-i", str(inventory), "--forks", "2")
+    assert code == 0, _err
+    hosts = {h["host"]: h for h in report["hosts"]}
+    assert {name: h["verdict"] for name, h in hosts.items()} == {
+        "ssh-py3": "pass",
+        "ssh-py38": "pass",
+    }
+    assert (
+        hosts["ssh-py38"]["facts"]["kvm"]["signals"] == hosts["ssh-py3"]["facts"]["kvm"]["signals"]
+    )

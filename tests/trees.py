@@ -49,7 +49,7 @@ def kernel(version: str) -> Path:
     base = kernels_dir()
     if base is None:
         pytest.skip(
-            "Debian kernel artefacts not found: set FLEETSCAN_SHARED_KERNELS or provide ../shared/kernels"
+            "needs kernels: Debian kernel artefacts not found: set FLEETSCAN_SHARED_KERNELS or provide ../shared/kernels"
         )
     return base / version
 
@@ -58,7 +58,7 @@ def kernel_file(version: str, name: str) -> bytes:
     """One shared Debian artefact's bytes (e.g. kvm.ko), or skip saying what is missing."""
     path = kernel(version) / name
     if not path.is_file():
-        pytest.skip(f"{path} missing from the shared kernel artefacts")
+        pytest.skip(f"needs kernels: {path} missing from the shared kernel artefacts")
     return path.read_bytes()
 
 

@@ -50,7 +50,9 @@ def bpftool() -> str:
         (p for p in ("/usr/sbin/bpftool", "/sbin/bpftool") if os.access(p, os.X_OK)), None
     )
     if tool is None:
-        pytest.skip("bpftool not installed (apt-get install bpftool): no independent BTF decoder")
+        pytest.skip(
+            "needs bpftool: not installed (apt-get install bpftool): no independent BTF decoder"
+        )
     return tool
 
 
