@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from scanner.derive import load_facts
 from scanner.facts import HostFacts, Provenance
 from scanner.findings import CandidateKernel
 from scanner.ingest import from_probe
@@ -80,7 +81,7 @@ def from_version(release: str) -> Candidate:
         raise CandidateError(f"--kernel-version {release!r}: not a kernel release")
     release = release.strip()
     where = f"--kernel-version {release}"
-    facts = HostFacts.model_validate(
+    facts = load_facts(
         {"kernel": {"release": release}, "provenance": {"kernel.release": Provenance(source=where)}}
     )
     return Candidate(
@@ -158,4 +159,4 @@ def predict(host: HostFacts, candidate: Candidate) -> HostFacts:
         Provenance(source=why) if la57 is not None else Provenance(reason=why)
     )
     data["provenance"] = provenance
-    return HostFacts.model_validate(data)
+    return load_facts(data)

@@ -1,4 +1,8 @@
-"""Derived facts, computed once whenever facts are validated (also when a report is reloaded).
+"""Derived facts, computed once per host after its facts are validated.
+
+Derivation is an explicit step, not part of model validation: validating a model (or a report
+that embeds one) never re-derives, so a host costs one derivation however often its facts
+are copied or serialised. `load_facts` is the one way in for saved facts.
 
 LA57 capability and use, the kernel's 5-level paging and package version, kvm_amd's
 availability and NPT, the fix (from the signals in scanner/signals.py) with its confidence and
@@ -32,11 +36,20 @@ def _derived(facts: HostFacts, path: str, value: Any, source: str) -> None:
         facts.provenance[path] = provenance(source=source)
 
 
-def derive_all(facts: HostFacts) -> None:
+def load_facts(data: Any) -> HostFacts:
+    """Saved facts (a report's `facts`), validated and re-derived with today's knowledge."""
+    return derive_all(HostFacts.model_validate(data))
+
+
+def derive_all(facts: HostFacts) -> HostFacts:
+    """Every derived fact of `facts` (and of its next boot kernel's facts first), in place."""
+    if facts.boot.next is not None:
+        derive_all(facts.boot.next)
     _derive_cpu(facts)
     _derive_kernel(facts)
     _derive_kvm(facts)
     _derive_boot(facts)
+    return facts
 
 
 def _derive_boot(facts: HostFacts) -> None:

@@ -41,12 +41,18 @@ class FactSource(Protocol):
 
 
 class HostFactSource:
+    """One host's facts; each path is looked up once (a rule reads a fact several times)."""
+
     def __init__(self, facts: HostFacts) -> None:
         self.facts = facts
+        self.seen: dict[str, tuple[Any, str | None, str | None]] = {}
 
     def lookup(self, path: str) -> tuple[Any, str | None, str | None]:
-        value, provenance = self.facts.lookup(path)
-        return value, provenance.source, provenance.reason
+        known = self.seen.get(path)
+        if known is None:
+            value, provenance = self.facts.lookup(path)
+            known = self.seen[path] = (value, provenance.source, provenance.reason)
+        return known
 
 
 class DictFactSource:
@@ -71,13 +77,12 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-def _version_test(operator: str) -> Callable[[Version, Version], bool]:
-    return {
-        "version_lt": Version.__lt__,
-        "version_le": Version.__le__,
-        "version_gt": Version.__gt__,
-        "version_ge": Version.__ge__,
-    }[operator]
+_VERSION_TESTS: dict[str, Callable[[Version, Version], bool]] = {
+    "version_lt": Version.__lt__,
+    "version_le": Version.__le__,
+    "version_gt": Version.__gt__,
+    "version_ge": Version.__ge__,
+}
 
 
 def _fact(condition: FactCondition, facts: FactSource) -> Outcome:
@@ -91,13 +96,14 @@ def _fact(condition: FactCondition, facts: FactSource) -> Outcome:
         return Outcome(value == condition.equals, facts=[condition.fact])
     if operator == "in_":
         return Outcome(value in (condition.in_ or []), facts=[condition.fact])
-    bound = getattr(condition, operator)
+    bound = condition.bound
+    assert bound is not None  # every other operator is handled above
     try:
         actual = Version(str(value))
     except InvalidVersion:
         note = f"{condition.fact}={value!r} is not a version"
         return Outcome(None, missing=[condition.fact], notes=[note])
-    return Outcome(_version_test(operator)(actual, Version(bound)), facts=[condition.fact])
+    return Outcome(_VERSION_TESTS[operator](actual, bound), facts=[condition.fact])
 
 
 def _merge(outcomes: Iterable[Outcome], value: bool | None) -> Outcome:

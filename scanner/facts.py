@@ -2,9 +2,10 @@
 
 Every fact is optional: None means "not collected", and `provenance` says where each fact came
 from or why it is missing, so an unknown verdict can name the file that was not there.
-scanner/ingest.py fills them from probe output; scanner/derive.py computes the derived facts
-whenever facts are validated (also when loading a saved report), so a newer fleetscan
-re-derives old evidence with its own knowledge; scanner/signals.py reads the fix signals.
+scanner/ingest.py fills them from probe output; scanner/derive.py computes the derived facts,
+once per host, after validation (`derive.load_facts` for a saved report, so a newer fleetscan
+re-derives old evidence with its own knowledge); scanner/signals.py reads the fix signals.
+Models only: nothing here imports derive or signals, so there is no import circle.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 FixOutcome = Literal["present", "absent", "no_evidence", "unreadable", "not_applicable"]
 Fix = Literal["present", "absent", "unknown"]
@@ -178,13 +179,6 @@ class HostFacts(BaseModel):
     kvm: KvmFacts = Field(default_factory=KvmFacts)
     boot: BootFacts = Field(default_factory=BootFacts)
     provenance: dict[str, Provenance] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _derive(self) -> HostFacts:
-        from scanner.derive import derive_all  # derive builds on these models
-
-        derive_all(self)
-        return self
 
     def lookup(self, path: str) -> tuple[Any, Provenance]:
         """A fact's value by dotted path (e.g. 'cpu.la57_enabled') and its provenance.

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from scanner.derive import load_facts
 from scanner.facts import FactsError, HostFacts
 from scanner.findings import HostError
 from scanner.ingest import from_probe
@@ -29,7 +30,7 @@ def host_from_raw(name: str, raw: Any, where: str) -> HostFacts | HostError:
             raw = raw["fleetscan_probe"]
         if isinstance(raw, dict) and "items" in raw:
             return from_probe(raw)
-        return HostFacts.model_validate(raw)
+        return load_facts(raw)
     except (FactsError, ValueError) as exc:
         first = str(exc).splitlines()[0]
         return HostError(kind="unparsable", message=f"{where}: host {name}: {first}")

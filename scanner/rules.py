@@ -7,6 +7,7 @@ when the rule loads, so a typo fails `fleetscan rules check` instead of making a
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -76,9 +77,16 @@ class FactCondition(_Strict):
                     raise ValueError(f"{name}: {bound!r} is not a version") from None
         return self
 
-    @property
+    @cached_property
     def operator(self) -> str:
+        """Compiled once per loaded rule, like `bound`: evaluation runs per host and rule."""
         return next(name for name in self.model_fields_set if name != "fact")
+
+    @cached_property
+    def bound(self) -> Version | None:
+        """The parsed version of a version_* operator's operand."""
+        value = getattr(self, self.operator)
+        return Version(value) if self.operator in VERSION_OPERATORS else None
 
 
 class AllCondition(_Strict):

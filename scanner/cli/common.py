@@ -88,15 +88,17 @@ def write_output(path: str, text: str, option: str = "--output") -> int:
 def publish(report: ScanReport, args: argparse.Namespace) -> int:
     """Print the report and write --output (the report is printed even if the file fails).
 
-    `--output -` puts the JSON report on stdout instead of the --format rendering.
+    `--output -` puts the JSON report on stdout instead of the --format rendering. The JSON
+    text is rendered once, whether it is printed, written, or both.
     """
+    rendered = json_report.render(report) if args.format == "json" or args.output else ""
     if args.output != STDOUT:
         if args.format == "json":
-            sys.stdout.write(json_report.render(report))
+            sys.stdout.write(rendered)
         else:
             stdout().print(table.build(report))
     if args.output:
-        return write_output(args.output, json_report.render(report))
+        return write_output(args.output, rendered)
     return EXIT_OK
 
 
