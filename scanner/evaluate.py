@@ -7,7 +7,9 @@ of the missing facts, so the finding can say what to collect.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import gc
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +35,25 @@ from scanner.rules import (
     NotCondition,
     Rule,
 )
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Evaluate without Python's cyclic garbage collector (re-enabled afterwards).
+
+    Facts, findings and reports are trees freed by reference counting; the collector found
+    nothing to free but kept rescanning every live host's objects, a third of the CPU at 30k
+    hosts. Objects alive before evaluation are frozen out of later collections.
+    """
+    enabled = gc.isenabled()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.unfreeze()
 
 
 class FactSource(Protocol):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from scanner.evaluate import evaluate_host, failed_host
+from scanner.evaluate import evaluate_host, failed_host, paused_gc
 from scanner.findings import CandidateKernel, HostError, HostReport, ScanReport, Verdict
 from scanner.inputs import Hosts
 from scanner.output import STDOUT, OutputError, resolve, write_text
@@ -58,11 +58,12 @@ def build_report(
     candidate: CandidateKernel | None = None,
 ) -> ScanReport:
     reports: list[HostReport] = []
-    for name, outcome in hosts.items():
-        if isinstance(outcome, HostError):
-            reports.append(failed_host(rules, name, outcome))
-        else:
-            reports.append(evaluate_host(rules, name, outcome))
+    with paused_gc():
+        for name, outcome in hosts.items():
+            if isinstance(outcome, HostError):
+                reports.append(failed_host(rules, name, outcome))
+            else:
+                reports.append(evaluate_host(rules, name, outcome))
     return ScanReport.of(reports, candidate)
 
 
