@@ -197,6 +197,23 @@ def _derive_kernel(facts: HostFacts) -> None:
         )
 
 
+def kstrtobool(text: str | None) -> bool | None:
+    """A module parameter's boolean as the kernel parses it (lib/kstrtox.c, kstrtobool(), which
+    param_set_bool() uses): the first character decides, y/Y/t/T/1 true, n/N/f/F/0 false, and
+    o/O decides by the second (on/off), in any case. Anything else is rejected (None)."""
+    if not text:
+        return None
+    text = text.strip()
+    first = text[:1].lower()
+    if first in ("y", "t", "1"):
+        return True
+    if first in ("n", "f", "0"):
+        return False
+    if first == "o" and text[1:2].lower() in ("n", "f"):
+        return text[1:2].lower() == "n"
+    return None
+
+
 def _derive_kvm(facts: HostFacts) -> None:
     kvm = facts.kvm
     if kvm.amd_loaded or kvm.amd_installed:
@@ -213,19 +230,18 @@ def _derive_kvm(facts: HostFacts) -> None:
         missing = "kvm.amd_loaded" if kvm.amd_loaded is None else "kvm.amd_installed"
         _derived(facts, "kvm.amd_available", None, fact_why(facts, missing))
 
-    if kvm.amd_loaded and kvm.npt_param is not None:
-        _derived(
-            facts,
-            "kvm.npt_enabled",
-            kvm.npt_param.strip() in ("Y", "y", "1"),
-            fact_source(facts, "kvm.npt_param"),
-        )
+    npt_param = kstrtobool(kvm.npt_param)
+    npt_cmdline = kstrtobool(kvm.cmdline_npt)
+    if kvm.amd_loaded and npt_param is not None:
+        _derived(facts, "kvm.npt_enabled", npt_param, fact_source(facts, "kvm.npt_param"))
+    elif npt_cmdline is not None:
+        _derived(facts, "kvm.npt_enabled", npt_cmdline, "/proc/cmdline (kvm_amd.npt=)")
     elif kvm.cmdline_npt is not None:
         _derived(
             facts,
             "kvm.npt_enabled",
-            kvm.cmdline_npt.strip() not in ("0", "N", "n"),
-            "/proc/cmdline (kvm_amd.npt=)",
+            None,
+            f"/proc/cmdline: kvm_amd.npt={kvm.cmdline_npt} is not a boolean the kernel accepts",
         )
     else:
         _derived(facts, "kvm.npt_enabled", None, fact_why(facts, "kvm.npt_param"))

@@ -135,6 +135,8 @@ def _cpu(build: _Builder) -> None:
         build.set("cpu.arch", machine.value, machine.source)
     elif "architecture" in ls:
         build.set("cpu.arch", ls["architecture"], lscpu.source)
+    elif "architecture" in info:
+        build.set("cpu.arch", info["architecture"], f"{cpuinfo.source} (its keys name the machine)")
     elif "vendor_id" in info and flags is not None:
         # vendor_id exists only on x86; the lm flag means long mode.
         arch = "x86_64" if "lm" in flags else "i686"
