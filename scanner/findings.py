@@ -146,6 +146,25 @@ class CandidateKernel(BaseModel):
     decided_by: Literal["kernel binaries", "version only"]
 
 
+class WaiverNotice(BaseModel):
+    """A waiver that needs attention: expired (no longer waiving) or stale (its host passes)."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str
+    rule_id: str
+    host: str
+    owner: str
+    expires: str
+
+
+class WaiverStatus(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    applied: int = 0
+    expired: list[WaiverNotice] = Field(default_factory=list)
+    stale: list[WaiverNotice] = Field(default_factory=list)
+
+
 class ScanReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
     schema_version: int = SCHEMA_VERSION
@@ -160,6 +179,8 @@ class ScanReport(BaseModel):
     )
     summary: Summary = Field(default_factory=Summary)
     hosts: list[HostReport] = Field(default_factory=list)
+    # Present when a waivers file was given.
+    waivers: WaiverStatus | None = None
 
     @classmethod
     def of(cls, hosts: list[HostReport], candidate: CandidateKernel | None = None) -> ScanReport:

@@ -107,6 +107,7 @@ def emit(report: ScanReport, args: argparse.Namespace) -> int:
     """Publish the report, record it in the history, and pick the exit code from --fail-on."""
     from scanner.cli import after
 
+    after.waive(report, args)
     status = publish(report, args)
     recorded = after.record(report, args, args.command)
     if status == EXIT_OK:
@@ -115,7 +116,7 @@ def emit(report: ScanReport, args: argparse.Namespace) -> int:
     if (
         status == EXIT_OK
         and threshold is not None
-        and any(h.verdict.rank >= threshold for h in report.hosts)
+        and any(verdict.rank >= threshold for verdict in after.counted(report))
     ):
         status = EXIT_FINDINGS
     return status

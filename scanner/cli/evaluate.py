@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from scanner.cli import after
 from scanner.cli.common import (
     UsageError,
     build_report,
@@ -19,6 +20,7 @@ from scanner.inputs import hosts_from_facts_file, hosts_from_roots
 
 def run(args: argparse.Namespace) -> int:
     rules = load_rules_for(args)
+    after.prepare(args, rules)
     check_output_path(args.output)
     if bool(args.root) == bool(args.facts):
         raise UsageError("evaluate: give either --root DIR (repeatable) or --facts FILE")

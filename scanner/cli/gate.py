@@ -60,6 +60,7 @@ def run_gate(args: argparse.Namespace) -> int:
     from scanner.candidate import predict
 
     rules = load_rules_for(args)
+    after.prepare(args, rules)
     check_output_path(args.output)
     check_output_path(args.junit, "--junit")
     sources = [bool(args.facts), bool(args.inventory), bool(args.root)]
@@ -90,6 +91,7 @@ def run_gate(args: argparse.Namespace) -> int:
         blocking.add(Verdict.AT_RISK)
     if not args.allow_unknown:
         blocking.add(Verdict.UNKNOWN)
+    after.waive(report, args)
     status = publish(report, args)
     if args.junit:
         junit = junit_report.render(report, blocking, name="fleetscan gate")
@@ -104,7 +106,7 @@ def run_gate(args: argparse.Namespace) -> int:
             + ", ".join(unknown[:10]),
             markup=False,
         )
-    if status == EXIT_OK and any(h.verdict in blocking for h in report.hosts):
+    if status == EXIT_OK and any(verdict in blocking for verdict in after.counted(report)):
         status = EXIT_FINDINGS
     return status
 

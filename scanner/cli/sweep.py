@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from scanner.cli import after
 from scanner.cli.common import (
     UsageError,
     build_report,
@@ -43,6 +44,7 @@ def swept_hosts(args: argparse.Namespace, canary: bool = False) -> Hosts:
 
 def run(args: argparse.Namespace) -> int:
     rules = load_rules_for(args)
+    after.prepare(args, rules)
     check_output_path(args.output)
     if not 0 < args.canary_timeout <= 60:
         raise UsageError("--canary-timeout: give seconds between 0 and 60")

@@ -51,7 +51,9 @@ def render(report: ScanReport, blocking: Collection[Verdict], name: str = "fleet
                 time="0",
             )
             summary = f"{finding.verdict.value}: {finding.reason}"
-            if finding.verdict in blocking:
+            if finding.waiver is not None:
+                summary += f" (waived until {finding.waiver.expires} by {finding.waiver.owner}: {finding.waiver.justification})"
+            if finding.verdict in blocking and finding.waiver is None:
                 counts["failures"] += 1
                 failure = ET.SubElement(
                     case, "failure", message=summary, type=finding.verdict.value

@@ -75,6 +75,12 @@ def _reason(host: HostReport) -> str:
     return worst[0].reason if worst else ""
 
 
+def _waived(host: HostReport) -> str:
+    """Marks a verdict whose deciding findings are all waived (it no longer fails a run)."""
+    deciding = [f for f in host.findings if f.verdict == host.verdict]
+    return " (waived)" if deciding and all(f.waiver is not None for f in deciding) else ""
+
+
 def build(report: ScanReport) -> Table:
     title = f"fleetscan: {report.summary.hosts} host(s)"
     if report.candidate is not None:
@@ -92,7 +98,7 @@ def build(report: ScanReport) -> Table:
         facts = host.facts
         table.add_row(
             host.host,
-            Text(host.verdict.value, style=STYLES[host.verdict]),
+            Text(host.verdict.value + _waived(host), style=STYLES[host.verdict]),
             host.basis,
             _cpu(facts),
             _kernel(host),
