@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ import ansible_runner
 from scanner.facts import FactsError, HostFacts
 from scanner.findings import HostError
 from scanner.ingest import from_probe
+from scanner.interrupt import SignalCatcher, adopting_orphans, catching, end_descendants
 from scanner.resources import collections_dir, playbook
 
 LOCAL_INVENTORY = "localhost ansible_connection=local ansible_python_interpreter={python}\n"
@@ -132,6 +135,26 @@ def _facts_or_error(result: dict[str, Any]) -> HostFacts | HostError:
         return HostError(kind="unparsable", message=str(exc))
 
 
+def _silent_reason(
+    started: float | None, status: str, rc: int | None, tail: str, catcher: SignalCatcher
+) -> HostError:
+    """Why a host never reported, in its own terms: interrupted, or where the run ended."""
+    if catcher.signum is not None:
+        name = signal.Signals(catcher.signum).name
+        if started is None:
+            return HostError(kind="interrupted", message=f"{name} before the probe started")
+        waited = time.monotonic() - started
+        return HostError(
+            kind="interrupted",
+            message=f"{name} while the probe was running (no answer after {waited:.1f} s)",
+        )
+    where = "before the probe started" if started is None else "while the probe was running"
+    return HostError(
+        kind="failed",
+        message=f"ansible-playbook ended ({status}, rc {rc}) {where} on this host: {tail}",
+    )
+
+
 def sweep(
     inventory: Path | None,
     limit: str | None = None,
@@ -141,67 +164,115 @@ def sweep(
     canary: bool = False,
     canary_timeout: float = 2.0,
 ) -> SweepResult:
-    with tempfile.TemporaryDirectory(prefix="fleetscan-") as private:
-        if inventory is None:
-            inventory = Path(private) / "local-inventory"
-            inventory.write_text(LOCAL_INVENTORY.format(python=sys.executable))
-        elif not inventory.exists():
-            raise InventoryError(f"{inventory}: no such inventory")
+    """Probe every selected host; Interrupted (with the partial SweepResult) on SIGINT/SIGTERM.
+
+    On a signal ansible-runner kills ansible-playbook's process group, then every process the
+    run started and that escaped it (ssh ControlPersist masters) is ended too.
+    """
+    with (
+        catching() as catcher,
+        adopting_orphans(),
+        tempfile.TemporaryDirectory(prefix="fleetscan-") as private,
+    ):
+        try:
+            return _sweep(
+                Path(private),
+                inventory,
+                limit,
+                forks,
+                on_total,
+                on_host,
+                canary,
+                canary_timeout,
+                catcher,
+            )
+        finally:
+            if catcher.is_set():
+                end_descendants()
+
+
+def _sweep(
+    private: Path,
+    inventory: Path | None,
+    limit: str | None,
+    forks: int,
+    on_total: Callable[[int], None] | None,
+    on_host: ProgressCallback | None,
+    canary: bool,
+    canary_timeout: float,
+    catcher: SignalCatcher,
+) -> SweepResult:
+    if inventory is None:
+        inventory = private / "local-inventory"
+        inventory.write_text(LOCAL_INVENTORY.format(python=sys.executable))
+    elif not inventory.exists():
+        raise InventoryError(f"{inventory}: no such inventory")
+    try:
         hosts = list_hosts(inventory.resolve(), limit)
-        if on_total:
-            on_total(len(hosts))
-        result = SweepResult()
+    except InventoryError:
+        catcher.raise_if_set(SweepResult())  # a Ctrl-C also reaches ansible-inventory
+        raise
+    catcher.raise_if_set(SweepResult())
+    if on_total:
+        on_total(len(hosts))
+    result = SweepResult()
+    started: dict[str, float] = {}
 
-        def record(host: str, outcome: HostFacts | HostError) -> None:
-            if host in result.hosts:
-                return
-            result.hosts[host] = outcome
-            if on_host:
-                on_host(host, outcome.kind if isinstance(outcome, HostError) else "ok")
+    def record(host: str, outcome: HostFacts | HostError) -> None:
+        if host in result.hosts:
+            return
+        result.hosts[host] = outcome
+        if on_host:
+            on_host(host, outcome.kind if isinstance(outcome, HostError) else "ok")
 
-        def handle(event: dict[str, Any]) -> bool:
-            kind = event.get("event")
-            data = event.get("event_data") or {}
-            host = data.get("host")
-            res = data.get("res") or {}
-            if host and kind == "runner_on_ok":
-                record(host, _facts_or_error(res))
-            elif host and kind == "runner_on_unreachable":
-                record(host, _host_error("unreachable", res))
-            elif host and kind == "runner_on_failed":
-                record(host, _host_error("failed", res))
-            elif host and kind == "runner_on_skipped":
-                record(host, HostError(kind="failed", message="probe task skipped"))
-            return False  # nothing on disk: the runner's artifacts die with the temp dir
+    def handle(event: dict[str, Any]) -> bool:
+        kind = event.get("event")
+        data = event.get("event_data") or {}
+        host = data.get("host")
+        res = data.get("res") or {}
+        if host and kind == "runner_on_start":
+            started.setdefault(host, time.monotonic())
+        elif host and kind == "runner_on_ok":
+            record(host, _facts_or_error(res))
+        elif host and kind == "runner_on_unreachable":
+            record(host, _host_error("unreachable", res))
+        elif host and kind == "runner_on_failed":
+            record(host, _host_error("failed", res))
+        elif host and kind == "runner_on_skipped":
+            record(host, HostError(kind="failed", message="probe task skipped"))
+        return False  # nothing on disk: the runner's artifacts die with the temp dir
 
-        runner = ansible_runner.run(
-            private_data_dir=private,
-            playbook=str(playbook("sweep.yml")),
-            inventory=str(inventory.resolve()),
-            limit=limit,
-            forks=forks,
-            envvars=_env(),
-            # Only when asked: an extravar would override a per-host fleetscan_canary.
-            extravars={"fleetscan_canary": True, "fleetscan_canary_timeout": canary_timeout}
-            if canary
-            else None,
-            event_handler=handle,
-            quiet=True,
-            suppress_env_files=True,
+    # ansible-runner polls for cancellation once per pexpect timeout (5 s by default); only a
+    # settings file sets it (a `settings` argument is dropped when the file is absent).
+    (private / "env").mkdir(exist_ok=True)
+    (private / "env" / "settings").write_text("pexpect_timeout: 0.25\n")
+    runner = ansible_runner.run(
+        private_data_dir=str(private),
+        playbook=str(playbook("sweep.yml")),
+        inventory=str(inventory.resolve()),
+        limit=limit,
+        forks=forks,
+        envvars=_env(),
+        # Only when asked: an extravar would override a per-host fleetscan_canary.
+        extravars={"fleetscan_canary": True, "fleetscan_canary_timeout": canary_timeout}
+        if canary
+        else None,
+        event_handler=handle,
+        cancel_callback=catcher.is_set,
+        quiet=True,
+        suppress_env_files=True,
+    )
+    result.status, result.rc = runner.status, runner.rc
+    silent = [h for h in hosts if h not in result.hosts]
+    if silent:
+        tail = (
+            "" if catcher.is_set() else _first_error(runner.stdout.read() if runner.stdout else "")
         )
-        result.status, result.rc = runner.status, runner.rc
-        silent = [h for h in hosts if h not in result.hosts]
-        if silent:
-            tail = _first_error(runner.stdout.read() if runner.stdout else "")
-            for host in silent:
-                record(
-                    host,
-                    HostError(
-                        kind="failed", message=f"no result from ansible ({runner.status}): {tail}"
-                    ),
-                )
-        # Hosts come back in inventory order, whatever order they finished in.
-        result.hosts = {h: result.hosts[h] for h in hosts if h in result.hosts} | {
-            h: o for h, o in result.hosts.items() if h not in hosts
-        }
-        return result
+        for host in silent:
+            record(host, _silent_reason(started.get(host), runner.status, runner.rc, tail, catcher))
+    # Hosts come back in inventory order, whatever order they finished in.
+    result.hosts = {h: result.hosts[h] for h in hosts if h in result.hosts} | {
+        h: o for h, o in result.hosts.items() if h not in hosts
+    }
+    catcher.raise_if_set(result)
+    return result

@@ -88,7 +88,7 @@ class HostError(BaseModel):
     """Why a host has no facts: it could not be reached, the probe failed, or its output was junk."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["unreachable", "failed", "unparsable"]
+    kind: Literal["unreachable", "failed", "unparsable", "interrupted"]
     message: str
 
 
@@ -171,6 +171,8 @@ class ScanReport(BaseModel):
     # current: the hosts as they run now; candidate: as they will be after booting `candidate`.
     mode: Literal["current", "candidate"] = "current"
     candidate: CandidateKernel | None = None
+    # False when a signal stopped the run: hosts not reached are `unknown`, kind "interrupted".
+    complete: bool = True
     tool: Tool = Field(default_factory=Tool)
     generated_at: str = Field(
         default_factory=lambda: (

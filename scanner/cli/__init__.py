@@ -14,6 +14,7 @@ from scanner import __version__
 from scanner.cli import evaluate, gate, history, probe, rulecmds, sweep
 from scanner.cli.common import EXIT_BAD_INPUT, UsageError, stderr
 from scanner.inputs import InputError
+from scanner.interrupt import Interrupted, sigterm_raises
 from scanner.output import OutputError
 
 # In the order `fleetscan --help` lists them.
@@ -36,10 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return run(args)
+        with sigterm_raises():
+            return run(args)
     except (UsageError, InputError, OutputError) as exc:
         stderr().print(f"fleetscan: {exc}", markup=False)
         return EXIT_BAD_INPUT
+    except Interrupted as exc:
+        stderr().print("fleetscan: interrupted")
+        return exc.exit_code
     except KeyboardInterrupt:
         stderr().print("fleetscan: interrupted")
         return 130

@@ -13,10 +13,12 @@ from scanner.cli.common import (
     check_output_path,
     emit,
     load_rules_for,
+    publish,
     report_options,
     stderr,
 )
 from scanner.inputs import Hosts
+from scanner.interrupt import Interrupted
 
 
 def swept_hosts(args: argparse.Namespace, canary: bool = False) -> Hosts:
@@ -48,7 +50,16 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(args.output)
     if not 0 < args.canary_timeout <= 60:
         raise UsageError("--canary-timeout: give seconds between 0 and 60")
-    return emit(build_report(rules, swept_hosts(args, canary=args.canary)), args)
+    try:
+        hosts = swept_hosts(args, canary=args.canary)
+    except Interrupted as exc:
+        # What was gathered is kept, in a report that says it is incomplete.
+        if exc.partial is not None and exc.partial.hosts:
+            report = build_report(rules, exc.partial.hosts)
+            report.complete = False
+            publish(report, args)
+        raise Interrupted(exc.signum) from None
+    return emit(build_report(rules, hosts), args)
 
 
 def register(commands: Any) -> None:
