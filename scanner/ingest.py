@@ -151,8 +151,7 @@ def _cpu(build: _Builder) -> None:
     log = build.item("kernel_log")
     dump = log.value.get("cr4") if log.ok and isinstance(log.value, dict) else None
     if isinstance(dump, dict) and isinstance(dump.get("value"), int):
-        stamp = dump.get("timestamp")
-        where = f"{log.source}, register dump at {stamp} s" if stamp else log.source
+        where = _log_where(log.source, dump, "register dump")
         build.set("cpu.cr4", dump["value"], where)
     elif log.ok:
         lines = log.value.get("lines") if isinstance(log.value, dict) else None
@@ -161,6 +160,18 @@ def _cpu(build: _Builder) -> None:
         )
     else:
         build.missing("cpu.cr4", log.why())
+
+
+def _log_where(source: str, entry: dict[str, Any], what: str) -> str:
+    """Where and when a kernel log line was seen: the capture that kept it, and its time as
+    the log wrote it (seconds since boot, or a wall-clock stamp from dmesg -T or the journal)."""
+    where = str(entry.get("source") or source)
+    stamp = entry.get("timestamp")
+    if not stamp:
+        return where
+    stamp = str(stamp)
+    when = f"{stamp} s" if stamp.replace(".", "", 1).isdigit() else stamp
+    return f"{where}, {what} at {when}"
 
 
 def _kernel(build: _Builder) -> None:
@@ -199,9 +210,9 @@ def _kernel_evidence(build: _Builder) -> None:
     log = build.item("kernel_log")
     if log.ok and isinstance(log.value, dict):
         refusal = log.value.get("refusal")
-        where = log.source
-        if isinstance(refusal, dict) and refusal.get("timestamp"):
-            where = f"{log.source} at {refusal['timestamp']} s"
+        where = (
+            _log_where(log.source, refusal, "refusal") if isinstance(refusal, dict) else log.source
+        )
         build.set("kernel.log_refusal", bool(refusal), where)
     else:
         build.missing("kernel.log_refusal", log.why())

@@ -77,6 +77,16 @@ def hosts_from_facts_file(path: Path) -> Hosts:
     raise InputError(f"{path}: not a fleetscan report, probe output or host map")
 
 
+def capture_root(path: Path) -> Path:
+    """Where an extracted capture keeps the host's files: insights-client archives since 3.x
+    put them under data/ (data/insights_commands, data/proc, data/etc); sosreports and older
+    archives at the top."""
+    inner = path / "data"
+    if (inner / "insights_commands").is_dir() and not (path / "insights_commands").is_dir():
+        return inner
+    return path
+
+
 def hosts_from_roots(roots: Sequence[str]) -> Hosts:
     from scanner.probe import probe_host
 
@@ -90,5 +100,5 @@ def hosts_from_roots(roots: Sequence[str]) -> Hosts:
         name = path.resolve().name or str(path)
         while name in hosts:
             name = f"{name}+"
-        hosts[name] = host_from_raw(name, probe_host(str(path)), f"--root {root}")
+        hosts[name] = host_from_raw(name, probe_host(str(capture_root(path))), f"--root {root}")
     return hosts

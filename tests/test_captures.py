@@ -224,3 +224,138 @@ def test_cmdline_npt_words(tmp_path: Path, word: str, npt: bool) -> None:
     facts = from_probe(probe_host(str(root)))
     assert facts.kvm.cmdline_npt == word
     assert facts.kvm.npt_enabled is npt
+
+
+# --- capture layouts: sosreport, insights-client, syslog ------------------------------------
+
+
+def journal_capture() -> str:
+    return capture("journal-cr4-rocm-6033.txt")
+
+
+def until_next_boot(text: str) -> str:
+    """The same journal as `journalctl --boot` of the boot that logged the dump shows it."""
+    lines = text.splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if "kernel: Linux version" in line)
+    return "".join(lines[:cut])
+
+
+def cr4_facts(root: Path) -> tuple[int | None, str | None, str | None]:
+    facts = from_probe(probe_host(str(root)))
+    where = facts.provenance.get("cpu.cr4")
+    return facts.cpu.cr4, where.source if where else None, where.reason if where else None
+
+
+SOS_JOURNAL = "/sos_commands/logs/journalctl_--no-pager_--catalog_--boot"
+
+
+def test_sosreport_journal_of_this_boot_gives_cr4_with_its_time(tmp_path: Path) -> None:
+    tree = Tree(extra_files={SOS_JOURNAL: until_next_boot(journal_capture())})
+    cr4, source, _ = cr4_facts(tree.build(tmp_path))
+    assert cr4 == 0xF50EF0
+    assert source == f"{SOS_JOURNAL}, register dump at Mar 12 00:28:40"
+
+
+def test_a_dump_from_an_earlier_boot_is_not_this_boots_cr4(tmp_path: Path) -> None:
+    """An unbounded journal (or /var/log/messages) spans boots: a dump before the last
+    "Linux version" line describes another kernel."""
+    for place in ("/sos_commands/logs/journalctl_--no-pager", "/var/log/messages"):
+        root = Tree(extra_files={place: journal_capture()}).build(tmp_path / place.strip("/"))
+        cr4, _, reason = cr4_facts(root)
+        assert cr4 is None
+        assert reason is not None and place in reason and "no register dump" in reason
+
+
+def test_previous_boot_journal_is_ignored(tmp_path: Path) -> None:
+    text = until_next_boot(journal_capture())
+    root = Tree(extra_files={f"{SOS_JOURNAL}_-1": text}).build(tmp_path)
+    item = probe_items(root)["kernel_log"]
+    assert item["status"] == "missing"
+
+
+def test_old_sosreport_dmesg_place_and_later_capture_that_kept_the_dump(tmp_path: Path) -> None:
+    """sos_commands/general/dmesg (older sosreports) is read; a ring buffer that lost the dump
+    does not hide the one the journal kept, and the source says which file held it."""
+    wrapped = "[77150.000001] perf: interrupt took too long\n"
+    root = Tree(
+        extra_files={
+            "/sos_commands/general/dmesg": wrapped,
+            SOS_JOURNAL: until_next_boot(journal_capture()),
+        }
+    ).build(tmp_path)
+    item = probe_items(root)["kernel_log"]
+    assert item["source"] == "/sos_commands/general/dmesg"
+    cr4, source, _ = cr4_facts(root)
+    assert cr4 == 0xF50EF0 and source is not None and source.startswith(SOS_JOURNAL)
+
+
+def as_dmesg_t(journal: str) -> str:
+    """The dump as `dmesg -T` prints it: the wall clock in brackets, no host or tag."""
+    out = []
+    for line in journal.splitlines():
+        stamp, _, text = line.partition(" thinkpaddy kernel: ")
+        out.append(f"[Thu {stamp} 2026] {text}")
+    return "\n".join(out) + "\n"
+
+
+def as_coloured_dmesg(journal: str) -> str:
+    """`dmesg --color=always`: the monotonic time green, the facility and message coloured."""
+    out = []
+    for index, line in enumerate(journal.splitlines()):
+        text = line.partition(" thinkpaddy kernel: ")[2]
+        out.append(f"\x1b[32m[{1000 + index:5d}.000123]\x1b[0m \x1b[33m{text}\x1b[0m")
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("place", "convert", "when"),
+    [
+        ("/sos_commands/kernel/dmesg_-T", as_dmesg_t, "Thu Mar 12 00:28:40 2026"),
+        ("/var/log/dmesg", as_coloured_dmesg, "1018.000123 s"),
+    ],
+)
+def test_timestamps_of_other_dmesg_formats(
+    tmp_path: Path, place: str, convert: Any, when: str
+) -> None:
+    text = convert(until_next_boot(journal_capture()))
+    cr4, source, _ = cr4_facts(Tree(extra_files={place: text}).build(tmp_path))
+    assert cr4 == 0xF50EF0
+    assert source == f"{place}, register dump at {when}"
+
+
+INSIGHTS = CAPTURES / "insights-archive"
+
+
+@pytest.mark.parametrize("prefix", ["", "data/"])
+def test_insights_client_archive_layout(tmp_path: Path, prefix: str) -> None:
+    import shutil
+
+    from scanner.inputs import hosts_from_roots
+
+    archive = tmp_path / "insights-rhel7box-20151007031606"
+    shutil.copytree(INSIGHTS / "insights_commands", archive / prefix / "insights_commands")
+    host = hosts_from_roots([str(archive)])["insights-rhel7box-20151007031606"]
+    assert not isinstance(host, Exception) and hasattr(host, "kernel")
+    assert host.kernel.release == "3.10.0-229.el7.x86_64"
+    assert host.provenance["kernel.release"].source == "/insights_commands/uname_-a"
+    assert host.cpu.vendor == "GenuineIntel" and host.cpu.model == 60
+    assert host.provenance["cpu.vendor"].source == "/insights_commands/lscpu"
+    assert host.cpu.flags is not None
+    assert {"tpr_shadow", "vnmi", "constant_tsc"} <= set(host.cpu.flags)
+    assert "tpr_shadowvnmi" not in host.cpu.flags
+    reason = host.provenance["cpu.cr4"].reason or ""
+    assert reason.startswith("/insights_commands/dmesg: no register dump")
+
+
+def test_uname_a_is_a_release_source_only_when_proc_has_none(tmp_path: Path) -> None:
+    uname = (INSIGHTS / "insights_commands" / "uname_-a").read_text()
+    root = Tree(release=None, extra_files={"/sos_commands/kernel/uname_-a": uname}).build(
+        tmp_path / "a"
+    )
+    release = probe_items(root)["release"]
+    assert (release["source"], release["value"]) == (
+        "/sos_commands/kernel/uname_-a",
+        "3.10.0-229.el7.x86_64",
+    )
+    both = Tree(extra_files={"/sos_commands/kernel/uname_-a": uname}).build(tmp_path / "b")
+    assert probe_items(both)["release"]["source"] == "/proc/sys/kernel/osrelease"

@@ -13,7 +13,11 @@ from .items import Item, Root
 _ADDRESS_SIZES = re.compile(r"(\d+)\s*bits physical,\s*(\d+)\s*bits virtual")
 _CPUINFO_INTS = {"cpu family": "cpu_family", "model": "model", "stepping": "stepping"}
 _CPUINFO_TEXT = {"vendor_id": "vendor_id", "model name": "model_name"}
-LSCPU_CAPTURES = ("/sos_commands/processor/lscpu", "/sos_commands/processor/lscpu_-J")
+LSCPU_CAPTURES = (
+    "/sos_commands/processor/lscpu",
+    "/sos_commands/processor/lscpu_-J",
+    "/insights_commands/lscpu",
+)
 
 
 def _to_int(text: str) -> Optional[int]:

@@ -4,7 +4,7 @@ import gzip
 import io
 import re
 import zlib
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from . import items
 from .items import Item, Root
@@ -24,6 +24,9 @@ CONFIG_KEYS = (
 _CONFIG_SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _CONFIG_UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 _RELEASE_IN_VERSION = re.compile(r"^Linux version (\S+)")
+# `uname -a` as sosreport and insights-client capture it: "Linux HOST RELEASE #VERSION ...".
+UNAME_CAPTURES = ("/sos_commands/kernel/uname_-a", "/insights_commands/uname_-a", "/uname")
+_UNAME = re.compile(r"^Linux \S+ (\d\S*) (#.*)$")
 
 
 def _one_line(root: Root, path: str) -> Item:
@@ -37,7 +40,21 @@ def _one_line(root: Root, path: str) -> Item:
     return items.ok(path, value)
 
 
+def _uname(root: Root) -> "Tuple[Optional[str], Optional[re.Match[str]]]":
+    """The first captured `uname -a` that reads as one (only trees carry them)."""
+    if root.live:
+        return None, None
+    for path in UNAME_CAPTURES:
+        item = _one_line(root, path)
+        if item["status"] == items.OK:
+            match = _UNAME.match(item["value"].splitlines()[0].strip())
+            if match:
+                return path, match
+    return None, None
+
+
 def read_release(root: Root) -> Item:
+    """/proc/sys/kernel/osrelease, else /proc/version, else a captured `uname -a`."""
     item = _one_line(root, "/proc/sys/kernel/osrelease")
     if item["status"] == items.OK:
         return item
@@ -46,11 +63,22 @@ def read_release(root: Root) -> Item:
         match = _RELEASE_IN_VERSION.match(version["value"])
         if match:
             return items.ok("/proc/version", match.group(1))
+    path, uname = _uname(root)
+    if path is not None and uname is not None:
+        return items.ok(path, uname.group(1))
     return item
 
 
 def read_version(root: Root) -> Item:
-    return _one_line(root, "/proc/version")
+    """/proc/version, else the build line of a captured `uname -a` (on Debian it carries the
+    package version the knowledge base compares)."""
+    item = _one_line(root, "/proc/version")
+    if item["status"] == items.OK:
+        return item
+    path, uname = _uname(root)
+    if path is not None and uname is not None:
+        return items.ok(path, "Linux version %s (uname -a) %s" % (uname.group(1), uname.group(2)))
+    return item
 
 
 def read_cmdline(root: Root) -> Item:
