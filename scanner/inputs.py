@@ -36,6 +36,21 @@ def host_from_raw(name: str, raw: Any, where: str) -> HostFacts | HostError:
         return HostError(kind="unparsable", message=f"{where}: host {name}: {first}")
 
 
+def host_from_entry(entry: dict[str, Any], where: str) -> HostFacts | HostError:
+    """A host of a saved report (an element of `hosts`, or a JSON Lines host line)."""
+    name = str(entry["host"])
+    if entry.get("facts") is None:
+        error = entry.get("error")
+        if not isinstance(error, dict):
+            error = {}
+        kind = error.get("kind")
+        return HostError(
+            kind=kind if kind in ("unreachable", "failed", "unparsable") else "failed",
+            message=str(error.get("message", "no facts in report")),
+        )
+    return host_from_raw(name, entry["facts"], where)
+
+
 def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -60,15 +75,7 @@ def hosts_from_facts_file(path: Path) -> Hosts:
         for index, entry in enumerate(document["hosts"]):
             if not isinstance(entry, dict) or not isinstance(entry.get("host"), str):
                 raise InputError(f"{path}: hosts.{index}.host: missing")
-            name = entry["host"]
-            if entry.get("facts") is None:
-                error = entry.get("error") or {}
-                hosts[name] = HostError(
-                    kind=error.get("kind", "failed"),
-                    message=error.get("message", "no facts in report"),
-                )
-            else:
-                hosts[name] = host_from_raw(name, entry["facts"], str(path))
+            hosts[entry["host"]] = host_from_entry(entry, str(path))
         return hosts
     if isinstance(document, dict) and ("items" in document or "fleetscan_probe" in document):
         return {path.stem: host_from_raw(path.stem, document, str(path))}

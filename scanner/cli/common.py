@@ -17,6 +17,7 @@ from scanner.findings import CandidateKernel, HostError, HostReport, ScanReport,
 from scanner.inputs import Hosts
 from scanner.output import STDOUT, OutputError, resolve, write_text
 from scanner.report import json as json_report
+from scanner.report import jsonl as jsonl_report
 from scanner.report import table
 from scanner.resources import rules_dir
 from scanner.rules import Rule, RuleError, load_rules
@@ -92,23 +93,43 @@ def publish(report: ScanReport, args: argparse.Namespace) -> int:
     `--output -` puts the JSON report on stdout instead of the --format rendering. The JSON
     text is rendered once, whether it is printed, written, or both.
     """
-    rendered = json_report.render(report) if args.format == "json" or args.output else ""
+    printed = ""
     if args.output != STDOUT:
         if args.format == "json":
-            sys.stdout.write(rendered)
+            printed = json_report.render(report)
+            sys.stdout.write(printed)
+        elif args.format == "jsonl":
+            printed = jsonl_report.render(report)
+            sys.stdout.write(printed)
         else:
             stdout().print(table.build(report))
     if args.output:
-        return write_output(args.output, rendered)
+        lines = is_jsonl_path(args.output) or (args.output == STDOUT and args.format == "jsonl")
+        if lines:
+            text = printed if args.format == "jsonl" and printed else jsonl_report.render(report)
+        else:
+            text = printed if args.format == "json" and printed else json_report.render(report)
+        return write_output(args.output, text)
     return EXIT_OK
 
 
+def is_jsonl_path(path: str) -> bool:
+    """--output names a JSON Lines report by its suffix (.jsonl or .ndjson)."""
+    return path.endswith((".jsonl", ".ndjson"))
+
+
 def emit(report: ScanReport, args: argparse.Namespace) -> int:
-    """Publish the report, record it in the history, and pick the exit code from --fail-on."""
+    """Mark waived findings, publish the report, record it, pick the exit code (--fail-on)."""
     from scanner.cli import after
 
     after.waive(report, args)
-    status = publish(report, args)
+    return finish(report, args, publish(report, args))
+
+
+def finish(report: ScanReport, args: argparse.Namespace, status: int) -> int:
+    """After the report is out: record it in the history, pick the exit code from --fail-on."""
+    from scanner.cli import after
+
     recorded = after.record(report, args, args.command)
     if status == EXIT_OK:
         status = recorded
@@ -123,12 +144,16 @@ def emit(report: ScanReport, args: argparse.Namespace) -> int:
 
 
 def output_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", metavar="PATH", help="also write the JSON report to PATH")
+    parser.add_argument(
+        "--output",
+        metavar="PATH",
+        help="also write the report to PATH (JSON Lines when PATH ends in .jsonl, else JSON)",
+    )
     parser.add_argument(
         "--format",
-        choices=("table", "json"),
+        choices=("table", "json", "jsonl"),
         default="table",
-        help="what to print (default: table)",
+        help="what to print (default: table; jsonl: JSON Lines, one host per line)",
     )
     parser.add_argument(
         "--rules", metavar="DIR", help="rules directory (default: the bundled rules)"

@@ -6,16 +6,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from scanner.cli import after
+from scanner.cli import after, streaming
 from scanner.cli.common import (
     UsageError,
     build_report,
     check_output_path,
     emit,
+    finish,
     load_rules_for,
     report_options,
 )
 from scanner.inputs import hosts_from_facts_file, hosts_from_roots
+from scanner.stream import Judge
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,8 +26,19 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(args.output)
     if bool(args.root) == bool(args.facts):
         raise UsageError("evaluate: give either --root DIR (repeatable) or --facts FILE")
-    hosts = hosts_from_roots(args.root) if args.root else hosts_from_facts_file(Path(args.facts))
-    return emit(build_report(rules, hosts), args)
+    if args.root:
+        return emit(build_report(rules, hosts_from_roots(args.root)), args)
+    path = Path(args.facts)
+    if not streaming.streams(path):
+        return emit(build_report(rules, hosts_from_facts_file(path)), args)
+    if streaming.large(path, args):
+        report, bad, status = streaming.stream_report(args, path, Judge(rules))
+        status = finish(report, args, status)
+    else:
+        hosts, bad = streaming.read_small(path)
+        status = emit(build_report(rules, hosts), args)
+    # Lines that were not hosts: named, and exit 2, after every other host is out.
+    return max(status, streaming.report_bad_lines(bad))
 
 
 def register(commands: Any) -> None:
@@ -34,7 +47,10 @@ def register(commands: Any) -> None:
         "--root", action="append", metavar="DIR", help="a host's extracted tree (repeatable)"
     )
     evaluate.add_argument(
-        "--facts", metavar="FILE", help="a saved report, probe output or fact-cache directory"
+        "--facts",
+        metavar="FILE",
+        help="a saved report (JSON or JSON Lines), probe output, JSON Lines of"
+        ' {"host": ..., "probe": ...}, or a fact-cache directory',
     )
     report_options(evaluate)
     evaluate.set_defaults(run=run)

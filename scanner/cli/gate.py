@@ -7,12 +7,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scanner.cli import after
+from scanner.cli import after, streaming
 from scanner.cli.common import (
     EXIT_FINDINGS,
     EXIT_OK,
     UsageError,
-    build_report,
     check_output_path,
     load_rules_for,
     output_options,
@@ -22,11 +21,12 @@ from scanner.cli.common import (
     write_output,
 )
 from scanner.cli.sweep import swept_hosts
-from scanner.facts import HostFacts
-from scanner.findings import HostError, Kernels, Verdict
+from scanner.evaluate import paused_gc
+from scanner.findings import ScanReport, Verdict
 from scanner.inputs import hosts_from_facts_file, hosts_from_roots
 from scanner.report import junit as junit_report
 from scanner.report import kernel as kernel_report
+from scanner.stream import BadLine, Judge
 
 if TYPE_CHECKING:
     from scanner.candidate import Candidate
@@ -57,8 +57,6 @@ def run_kernel_inspect(args: argparse.Namespace) -> int:
 
 def run_gate(args: argparse.Namespace) -> int:
     """Exit 0 when no host would be blocked after booting the candidate, 1 when one would."""
-    from scanner.candidate import predict
-
     rules = load_rules_for(args)
     after.prepare(args, rules)
     check_output_path(args.output)
@@ -67,32 +65,31 @@ def run_gate(args: argparse.Namespace) -> int:
     if sum(sources) > 1:
         raise UsageError("gate: give one of --facts FILE, -i INVENTORY or --root DIR")
     candidate = _candidate(args)
-    if args.facts:
-        hosts = hosts_from_facts_file(Path(args.facts))
-    elif args.root:
-        hosts = hosts_from_roots(args.root)
+    judge = Judge(rules, candidate)
+    bad: list[BadLine] = []
+    path = Path(args.facts) if args.facts else None
+    status = EXIT_OK
+    if path is not None and streaming.streams(path) and streaming.large(path, args):
+        report, bad, status = streaming.stream_report(args, path, judge, candidate.identity)
     else:
-        hosts = swept_hosts(args)
-    predicted: dict[str, HostFacts | HostError] = {
-        name: facts if isinstance(facts, HostError) else predict(facts, candidate)
-        for name, facts in hosts.items()
-    }
-    report = build_report(rules, predicted, candidate.identity)
-    for host in report.hosts:
-        now = hosts.get(host.host)
-        if isinstance(now, HostFacts):
-            host.kernels = Kernels(
-                running=now.kernel.release,
-                next_boot=now.boot.default_release,
-                candidate=candidate.identity.release,
-            )
+        if path is not None and streaming.streams(path):
+            hosts, bad = streaming.read_small(path)
+        elif path is not None:
+            hosts = hosts_from_facts_file(path)
+        elif args.root:
+            hosts = hosts_from_roots(args.root)
+        else:
+            hosts = swept_hosts(args)
+        with paused_gc():
+            judged = [judge(name, outcome) for name, outcome in hosts.items()]
+        report = ScanReport.of(judged, candidate.identity)
+        after.waive(report, args)
+        status = publish(report, args)
     blocking = {Verdict.AFFECTED}
     if args.fail_on == "at_risk":
         blocking.add(Verdict.AT_RISK)
     if not args.allow_unknown:
         blocking.add(Verdict.UNKNOWN)
-    after.waive(report, args)
-    status = publish(report, args)
     if args.junit:
         junit = junit_report.render(report, blocking, name="fleetscan gate")
         status = max(status, write_output(args.junit, junit, "--junit"))
@@ -108,7 +105,8 @@ def run_gate(args: argparse.Namespace) -> int:
         )
     if status == EXIT_OK and any(verdict in blocking for verdict in after.counted(report)):
         status = EXIT_FINDINGS
-    return status
+    # Lines that were not hosts: named, and exit 2, after every other host is out.
+    return max(status, streaming.report_bad_lines(bad))
 
 
 def register(commands: Any) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
 from scanner.cli.common import EXIT_FINDINGS, EXIT_OK, load_rules_for
 from scanner.report import json as json_report
+from scanner.report import jsonl as jsonl_report
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -39,7 +41,10 @@ def run_test(args: argparse.Namespace) -> int:
 
 
 def run_schema(args: argparse.Namespace) -> int:
-    sys.stdout.write(json_report.render_schema())
+    if args.jsonl:
+        sys.stdout.write(json.dumps(jsonl_report.schema(), indent=2) + "\n")
+    else:
+        sys.stdout.write(json_report.render_schema())
     return EXIT_OK
 
 
@@ -54,4 +59,9 @@ def register(commands: Any) -> None:
     test.set_defaults(run=run_test)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the report")
+    schema.add_argument(
+        "--jsonl",
+        action="store_true",
+        help="the JSON Lines report instead: header, host and trailer lines",
+    )
     schema.set_defaults(run=run_schema)

@@ -1,0 +1,154 @@
+"""`evaluate --facts` and `gate --facts` over saved reports and JSON Lines, streamed.
+
+A small input is read into memory and judged like any other (full reports, full table). A
+large one (see scanner.stream.stream_bytes) is judged in worker processes, and each host's
+line goes to the outputs as soon as it is ready; only thin reports stay for the table, the
+history and the exit code. Lines that are not hosts are listed on stderr and make the exit
+code 2 once every other host has been judged and written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import ExitStack, closing
+from pathlib import Path
+from typing import TextIO
+
+from scanner.cli.common import EXIT_BAD_INPUT, EXIT_OK, is_jsonl_path, stderr, stdout
+from scanner.evaluate import paused_gc
+from scanner.findings import CandidateKernel, HostReport, ScanReport
+from scanner.inputs import Hosts
+from scanner.output import STDOUT, OutputError, open_output
+from scanner.report import jsonl, table
+from scanner.stream import (
+    BadLine,
+    Judge,
+    host_of,
+    is_jsonl,
+    is_report,
+    judge_stream,
+    read_entries,
+    stream_bytes,
+    workers,
+)
+
+SHOWN_BAD_LINES = 20
+
+
+def streams(path: Path) -> bool:
+    """Is --facts PATH read by the streaming reader (JSON Lines or a saved JSON report)?"""
+    return path.is_file() and (is_jsonl(path) or is_report(path))
+
+
+def large(path: Path, args: argparse.Namespace) -> bool:
+    """Stream this input? Waivers mark a whole report, so with --waivers it is read whole."""
+    if getattr(args, "loaded_waivers", None) is not None:
+        return False
+    return path.stat().st_size > stream_bytes()
+
+
+def read_small(path: Path) -> tuple[Hosts, list[BadLine]]:
+    """Every host of a small input, parsed; a later line for the same host wins."""
+    hosts: Hosts = {}
+    bad: list[BadLine] = []
+    for entry in read_entries(path):
+        host = entry if isinstance(entry, BadLine) else host_of(entry)
+        if isinstance(host, BadLine):
+            bad.append(host)
+        elif host is not None:
+            hosts[host[0]] = host[1]
+    return hosts, bad
+
+
+def report_bad_lines(bad: list[BadLine]) -> int:
+    """Name every line that was not a host (the first few, then a count); exit 2 if any."""
+    for line in bad[:SHOWN_BAD_LINES]:
+        stderr().print(f"fleetscan: {line}", markup=False)
+    if len(bad) > SHOWN_BAD_LINES:
+        stderr().print(
+            f"fleetscan: ... and {len(bad) - SHOWN_BAD_LINES} more lines that are not hosts",
+            markup=False,
+        )
+    if bad:
+        stderr().print(
+            f"fleetscan: {len(bad)} input line(s) skipped; every other host was judged",
+            markup=False,
+        )
+    return EXIT_BAD_INPUT if bad else EXIT_OK
+
+
+class _Writer:
+    """One output being streamed: JSON Lines, or a JSON report whose summary follows its hosts."""
+
+    def __init__(self, handle: TextIO, lines: bool, head: ScanReport) -> None:
+        self.handle = handle
+        self.lines = lines
+        self.first = True
+        if lines:
+            handle.write(jsonl.header(head))
+        else:
+            opening = head.model_dump_json(include=set(jsonl.HEADER_FIELDS), by_alias=True)
+            handle.write(opening[:-1] + ',"hosts":[\n')
+
+    def host(self, line: str) -> None:
+        if self.lines:
+            self.handle.write(line)
+        else:
+            self.handle.write(line[:-1] if self.first else ",\n" + line[:-1])
+        self.first = False
+
+    def close(self, report: ScanReport) -> None:
+        if self.lines:
+            self.handle.write(jsonl.trailer(report.summary))
+        else:
+            summary = json.dumps(report.summary.model_dump(by_alias=True))
+            self.handle.write(f'\n],"summary":{summary}}}\n')
+
+
+def stream_report(
+    args: argparse.Namespace,
+    path: Path,
+    judge: Judge,
+    candidate: CandidateKernel | None = None,
+) -> tuple[ScanReport, list[BadLine], int]:
+    """Judge a large input host by host, writing --output and JSON/JSONL stdout as it goes.
+
+    Returns the report with thin hosts (for the table, history and exit code), the lines that
+    were not hosts, and the status of writing (2 when an output failed).
+    """
+    head = ScanReport.of([], candidate)
+    kept: list[HostReport] = []
+    bad: list[BadLine] = []
+    status = EXIT_OK
+    judged = judge_stream(read_entries(path), judge, workers())
+    try:
+        with ExitStack() as stack, paused_gc(), closing(judged):
+            writers: list[_Writer] = []
+            if args.output:
+                handle = stack.enter_context(open_output(args.output))
+                lines = is_jsonl_path(args.output) or (
+                    args.output == STDOUT and args.format == "jsonl"
+                )
+                writers.append(_Writer(handle, lines, head))
+            if args.output != STDOUT and args.format in ("json", "jsonl"):
+                writers.append(_Writer(sys.stdout, args.format == "jsonl", head))
+            for item in judged:
+                if isinstance(item, BadLine):
+                    bad.append(item)
+                    continue
+                for writer in writers:
+                    writer.host(item.line)
+                kept.append(item.report)
+            report = ScanReport.of(kept, candidate)
+            report.generated_at = head.generated_at
+            for writer in writers:
+                writer.close(report)
+    except OutputError as exc:
+        stderr().print(f"fleetscan: {exc}", markup=False)
+        status = EXIT_BAD_INPUT
+        report = ScanReport.of(kept, candidate)
+    if args.output != STDOUT and args.format == "table":
+        stdout().print(table.build(report))
+    return report, bad, status

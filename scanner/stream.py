@@ -1,0 +1,354 @@
+"""Saved hosts as a stream: one host's parsed facts at a time, judged on every core.
+
+`evaluate --facts` and `gate --facts` read JSON Lines (host objects as in a report, or
+{"host": ..., "probe": ...} raw probe output) and saved JSON reports through `read_entries`,
+which never holds more than one host's parsed JSON. A line that is not JSON is a `BadLine`
+(file and line number); the hosts around it are still judged and the command exits 2 at the
+end. Inputs past `stream_bytes()` are judged in a process pool over chunks of lines (each
+worker parses, derives, evaluates and serialises its hosts), and the caller keeps only a thin
+copy of each host's report (no facts, no evidence) for the table, history and exit code.
+
+The JSON report splitter is written by hand over `json.JSONDecoder.raw_decode` rather than
+with ijson: raw_decode is the standard library's C scanner, parsing one host at a time at the
+speed of json.loads, and a report is a known shape (an object whose `hosts` is a list).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+from collections import deque
+from collections.abc import Generator, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from scanner.evaluate import evaluate_host, failed_host, paused_gc
+from scanner.facts import HostFacts
+from scanner.findings import HostError, HostReport, Kernels
+from scanner.inputs import InputError, host_from_entry, host_from_raw
+from scanner.report import jsonl
+from scanner.rules import Rule
+
+if TYPE_CHECKING:
+    from scanner.candidate import Candidate
+
+# Hosts per task: large enough that pickling a chunk is cheap next to judging it.
+CHUNK = 256
+_READ = 1 << 20
+
+
+def stream_bytes() -> int:
+    """Inputs larger than this are judged in worker processes and kept thin (default 32 MiB)."""
+    return int(os.environ.get("FLEETSCAN_STREAM_BYTES", str(32 << 20)))
+
+
+def workers() -> int:
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """Input that is not a host: where (FILE:LINE) and why, in one line."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One input record, still as text (JSON Lines) or already parsed (a report's host)."""
+
+    where: str
+    text: bytes | None = None
+    value: Any = None
+
+
+Host = tuple[str, HostFacts | HostError]
+
+
+def is_jsonl(path: Path) -> bool:
+    """JSON Lines by name (.jsonl, .ndjson), or a first line that is a whole JSON object
+    followed by more (a pretty-printed report's first line is a lone brace)."""
+    if path.suffix in (".jsonl", ".ndjson"):
+        return True
+    try:
+        with path.open("rb") as handle:
+            first = handle.readline(64 << 20)
+            rest = handle.read(4096)
+    except OSError:
+        return False
+    if not rest.strip():
+        return False
+    try:
+        return isinstance(json.loads(first), dict)
+    except ValueError:
+        return False
+
+
+def is_report(path: Path) -> bool:
+    """A saved JSON report: an object whose first keys are the report's, before `hosts`."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4096).lstrip()
+    except OSError:
+        return False
+    return head.startswith(b"{") and b'"schema_version"' in head
+
+
+def _jsonl_entries(path: Path, handle: IO[bytes]) -> Iterator[Entry]:
+    for number, line in enumerate(handle, start=1):
+        if line.strip():
+            yield Entry(where=f"{path}:{number}", text=line)
+
+
+class _Splitter:
+    """The top level of a JSON report, read in pieces; each host parsed on its own."""
+
+    def __init__(self, path: Path, handle: IO[bytes]) -> None:
+        self.path = path
+        self.handle = handle
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.scanner = json.JSONDecoder()
+        self.text = ""
+        self.pos = 0
+        self.line = 1  # line number of self.pos
+        self.eof = False
+
+    def _more(self) -> bool:
+        if self.eof:
+            return False
+        chunk = self.handle.read(_READ)
+        self.eof = not chunk
+        self.line += self.text.count("\n", 0, self.pos)
+        self.text = self.text[self.pos :] + self.decoder.decode(chunk, final=self.eof)
+        self.pos = 0
+        return True
+
+    def where(self) -> str:
+        return f"{self.path}:{self.line + self.text.count(chr(10), 0, self.pos)}"
+
+    def skip(self) -> str:
+        """Skip whitespace; the next character ('' at the end)."""
+        while True:
+            while self.pos < len(self.text) and self.text[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.text):
+                return self.text[self.pos]
+            if not self._more():
+                return ""
+
+    def expect(self, characters: str) -> str:
+        found = self.skip()
+        if not found or found not in characters:
+            raise InputError(f"{self.where()}: not a JSON report (expected {characters!r})")
+        self.pos += 1
+        return found
+
+    def value(self) -> Any:
+        self.skip()
+        while True:
+            try:
+                value, end = self.scanner.raw_decode(self.text, self.pos)
+            except json.JSONDecodeError as exc:
+                # Out of text mid-value: read more and retry; otherwise it is broken here.
+                if exc.pos >= len(self.text) - 1 and self._more():
+                    continue
+                self.pos = min(exc.pos, len(self.text))
+                raise InputError(f"{self.where()}: not JSON ({exc.msg})") from None
+            self.pos = end
+            return value
+
+
+def _report_entries(path: Path, handle: IO[bytes]) -> Iterator[Entry]:
+    split = _Splitter(path, handle)
+    split.expect("{")
+    if split.skip() == "}":
+        return
+    while True:
+        key = split.value()
+        split.expect(":")
+        if key == "hosts":
+            split.expect("[")
+            if split.skip() == "]":
+                split.pos += 1
+            else:
+                index = 0
+                while True:
+                    where = f"{path}: hosts.{index}"
+                    yield Entry(where=where, value=split.value())
+                    index += 1
+                    if split.expect(",]") == "]":
+                        break
+        else:
+            split.value()
+        if split.expect(",}") == "}":
+            return
+
+
+def read_entries(path: Path) -> Iterator[Entry | BadLine]:
+    """Every record of a JSON Lines file or saved JSON report, one at a time."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    with handle:
+        if is_jsonl(path):
+            yield from _jsonl_entries(path, handle)
+            return
+        try:
+            yield from _report_entries(path, handle)
+        except InputError as exc:
+            # A broken report cannot be resynchronised: the hosts before it stand.
+            where, _, message = str(exc).partition(": ")
+            yield BadLine(where, message)
+
+
+def host_of(entry: Entry) -> Host | BadLine | None:
+    """The host an entry describes; None for a JSON Lines header or trailer."""
+    item = entry.value
+    if entry.text is not None:
+        try:
+            item = json.loads(entry.text)
+        except ValueError as exc:
+            return BadLine(entry.where, f"not JSON ({str(exc).split(':')[0]})")
+    if not isinstance(item, dict):
+        return BadLine(entry.where, "expected a JSON object")
+    name = item.get("host")
+    if name is None:
+        if "schema_version" in item or "summary" in item:
+            return None  # header or trailer
+        return BadLine(entry.where, 'expected a host object ("host" with "facts" or "probe")')
+    if not isinstance(name, str) or not name:
+        return BadLine(entry.where, "host: expected a non-empty string")
+    if "probe" in item:
+        return name, host_from_raw(name, item["probe"], entry.where)
+    try:
+        return name, host_from_entry(item, entry.where)
+    except InputError as exc:
+        return BadLine(entry.where, str(exc).removeprefix(f"{entry.where}: "))
+
+
+class Judge:
+    """Judges one host: as it runs now, or (gate) as it will be after booting a candidate."""
+
+    def __init__(self, rules: list[Rule], candidate: Candidate | None = None) -> None:
+        self.rules = rules
+        self.candidate = candidate
+
+    def __call__(self, name: str, outcome: HostFacts | HostError) -> HostReport:
+        if isinstance(outcome, HostError):
+            return failed_host(self.rules, name, outcome)
+        if self.candidate is None:
+            return evaluate_host(self.rules, name, outcome)
+        from scanner.candidate import predict
+
+        report = evaluate_host(self.rules, name, predict(outcome, self.candidate))
+        report.kernels = Kernels(
+            running=outcome.kernel.release,
+            next_boot=outcome.boot.default_release,
+            candidate=self.candidate.identity.release,
+        )
+        return report
+
+
+def thin(report: HostReport) -> HostReport:
+    """What the table, history and exit code need of a host: no facts, no evidence."""
+    return report.model_copy(
+        update={
+            "facts": None,
+            "findings": [f.model_copy(update={"evidence": []}) for f in report.findings],
+        }
+    )
+
+
+@dataclass
+class Judged:
+    """A judged host: its report line (JSON Lines) and its (thin, when streamed) report."""
+
+    line: str
+    report: HostReport
+
+
+_JUDGE: Judge | None = None
+
+
+def _init_worker(judge: Judge) -> None:
+    global _JUDGE
+    _JUDGE = judge
+
+
+def _judge_chunk(entries: list[Entry]) -> list[Judged | BadLine | None]:
+    assert _JUDGE is not None
+    out: list[Judged | BadLine | None] = []
+    with paused_gc():
+        for entry in entries:
+            host = host_of(entry)
+            if host is None or isinstance(host, BadLine):
+                out.append(host)
+                continue
+            report = _JUDGE(*host)
+            out.append(Judged(jsonl.host(report), thin(report)))
+    return out
+
+
+def _chunks(entries: Iterable[Entry | BadLine], size: int) -> Iterator[list[Entry | BadLine]]:
+    chunk: list[Entry | BadLine] = []
+    for entry in entries:
+        chunk.append(entry)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def judge_stream(
+    entries: Iterable[Entry | BadLine], judge: Judge, processes: int
+) -> Generator[Judged | BadLine, None, None]:
+    """Judged hosts in input order, from `processes` forked workers (1: in this process)."""
+    if processes <= 1:
+        _init_worker(judge)
+        for chunk in _chunks(entries, CHUNK):
+            yield from _flat(chunk)
+        return
+    context = get_context("fork")  # workers inherit the rules and candidate, nothing pickled
+    with ProcessPoolExecutor(
+        processes, mp_context=context, initializer=_init_worker, initargs=(judge,)
+    ) as pool:
+        pending: deque[tuple[list[BadLine | None], Future[list[Judged | BadLine | None]]]] = deque()
+        for chunk in _chunks(entries, CHUNK):
+            bad: list[BadLine | None] = [e if isinstance(e, BadLine) else None for e in chunk]
+            work = [e for e in chunk if isinstance(e, Entry)]
+            pending.append((bad, pool.submit(_judge_chunk, work)))
+            # A few chunks in flight per worker: memory stays bounded, workers stay busy.
+            while len(pending) > 2 * processes:
+                yield from _ordered(*pending.popleft())
+        while pending:
+            yield from _ordered(*pending.popleft())
+
+
+def _flat(chunk: list[Entry | BadLine]) -> Iterator[Judged | BadLine]:
+    for entry in chunk:
+        if isinstance(entry, BadLine):
+            yield entry
+        else:
+            for result in _judge_chunk([entry]):
+                if result is not None:
+                    yield result
+
+
+def _ordered(
+    bad: list[BadLine | None], future: Future[list[Judged | BadLine | None]]
+) -> Iterator[Judged | BadLine]:
+    results = iter(future.result())
+    for slot in bad:
+        outcome = slot if slot is not None else next(results)
+        if outcome is not None:
+            yield outcome
