@@ -163,6 +163,7 @@ def sweep(
     on_host: ProgressCallback | None = None,
     canary: bool = False,
     canary_timeout: float = 2.0,
+    timeout: int = 60,
 ) -> SweepResult:
     """Probe every selected host; Interrupted (with the partial SweepResult) on SIGINT/SIGTERM.
 
@@ -185,6 +186,7 @@ def sweep(
                 canary,
                 canary_timeout,
                 catcher,
+                timeout,
             )
         finally:
             if catcher.is_set():
@@ -201,6 +203,7 @@ def _sweep(
     canary: bool,
     canary_timeout: float,
     catcher: SignalCatcher,
+    timeout: int,
 ) -> SweepResult:
     if inventory is None:
         inventory = private / "local-inventory"
@@ -253,10 +256,11 @@ def _sweep(
         limit=limit,
         forks=forks,
         envvars=_env(),
-        # Only when asked: an extravar would override a per-host fleetscan_canary.
-        extravars={"fleetscan_canary": True, "fleetscan_canary_timeout": canary_timeout}
-        if canary
-        else None,
+        # The canary only when asked: an extravar overrides a per-host fleetscan_canary.
+        extravars={"fleetscan_timeout": timeout}
+        | (
+            {"fleetscan_canary": True, "fleetscan_canary_timeout": canary_timeout} if canary else {}
+        ),
         event_handler=handle,
         cancel_callback=catcher.is_set,
         quiet=True,

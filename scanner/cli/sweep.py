@@ -27,6 +27,9 @@ def swept_hosts(args: argparse.Namespace, canary: bool = False) -> Hosts:
 
     if args.forks < 1:
         raise UsageError("--forks: must be at least 1")
+    timeout = getattr(args, "timeout", 60)
+    if not 1 <= timeout <= 86400:
+        raise UsageError("--timeout: give whole seconds between 1 and 86400")
     inventory = Path(args.inventory) if args.inventory else None
     with SweepProgress(stderr()) as progress:
         try:
@@ -38,6 +41,7 @@ def swept_hosts(args: argparse.Namespace, canary: bool = False) -> Hosts:
                 on_host=progress.advance,
                 canary=canary,
                 canary_timeout=getattr(args, "canary_timeout", 2.0),
+                timeout=timeout,
             )
         except InventoryError as exc:
             raise UsageError(f"inventory {exc}") from None
@@ -74,6 +78,13 @@ def register(commands: Any) -> None:
     )
     sweep.add_argument(
         "--forks", type=int, default=10, metavar="N", help="parallel hosts (default 10)"
+    )
+    sweep.add_argument(
+        "--timeout",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="give up on a host after this long; it is unknown with the reason (default 60)",
     )
     sweep.add_argument(
         "--canary",
