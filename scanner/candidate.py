@@ -8,6 +8,7 @@ CPU's capability, the candidate's config and the command line.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,15 @@ BUILD_KVM_FIELDS = (
 RUNTIME_KVM_FIELDS = ("npt_param", "nested_param", "cmdline_npt")
 
 
+# A kernel release as uname -r prints it: digits first, no spaces or slashes.
+_RELEASE = re.compile(r"\d+\.\d+[^\s/]*")
+# Signals that read a running kernel: a package has none, so they do not apply to it.
+_RUNTIME_SIGNALS = {
+    "kallsyms": "a candidate kernel is not running yet: /proc/kallsyms does not apply",
+    "canary": "a candidate kernel is not running yet: no KVM to start a guest on",
+}
+
+
 class CandidateError(ValueError):
     """A candidate kernel that can't be inspected; the message names the file and the problem."""
 
@@ -42,6 +52,15 @@ class Candidate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     identity: CandidateKernel
     facts: HostFacts
+
+
+def _runtime_signals_not_applicable(candidate: Candidate) -> Candidate:
+    for signal in candidate.facts.kvm.signals:
+        if signal.name in _RUNTIME_SIGNALS:
+            signal.outcome = "not_applicable"
+            signal.detail = _RUNTIME_SIGNALS[signal.name]
+            signal.source = None
+    return candidate
 
 
 def inspect(path: Path) -> Candidate:
@@ -62,33 +81,40 @@ def inspect(path: Path) -> Candidate:
         raise CandidateError(
             f"{path}: no kernel config (boot/config-{extracted.release}) in the package"
         )
-    return Candidate(
-        identity=CandidateKernel(
-            source=str(path),
-            format=extracted.format,
-            release=extracted.release,
-            package=extracted.package,
-            version=extracted.version,
-            decided_by="kernel binaries",
-        ),
-        facts=facts,
+    return _runtime_signals_not_applicable(
+        Candidate(
+            identity=CandidateKernel(
+                source=str(path),
+                format=extracted.format,
+                release=extracted.release,
+                package=extracted.package,
+                version=extracted.version,
+                decided_by="kernel binaries",
+            ),
+            facts=facts,
+        )
     )
 
 
 def from_version(release: str) -> Candidate:
     """Only a release string: the knowledge base and the version floor decide, and say so."""
-    if not release.strip() or any(c.isspace() for c in release.strip()):
-        raise CandidateError(f"--kernel-version {release!r}: not a kernel release")
+    if not _RELEASE.fullmatch(release.strip()):
+        raise CandidateError(
+            f"--kernel-version {release!r}: not a kernel release (like 6.1.0-28-amd64 or"
+            " 5.14.0-362.13.1.el9_3.x86_64)"
+        )
     release = release.strip()
     where = f"--kernel-version {release}"
     facts = load_facts(
         {"kernel": {"release": release}, "provenance": {"kernel.release": Provenance(source=where)}}
     )
-    return Candidate(
-        identity=CandidateKernel(
-            source=where, format="version", release=release, decided_by="version only"
-        ),
-        facts=facts,
+    return _runtime_signals_not_applicable(
+        Candidate(
+            identity=CandidateKernel(
+                source=where, format="version", release=release, decided_by="version only"
+            ),
+            facts=facts,
+        )
     )
 
 

@@ -162,10 +162,13 @@ def check(condition: Condition, facts: FactSource) -> Outcome:
 
 
 def _show(value: Any) -> str:
+    """A fact's value as a person reads it: no Python literals (None, True, lists)."""
+    if value is None:
+        return "not set"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
+        return ", ".join(_show(v) for v in value) or "none"
     return str(value)
 
 

@@ -30,7 +30,20 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(commands)
+    _describe(commands)
     return top
+
+
+def _describe(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`fleetscan COMMAND --help` opens with what the command is for (its one-line help)."""
+    helps = {action.dest: action.help for action in subparsers._choices_actions}
+    for name, command in subparsers.choices.items():
+        if command.description is None and helps.get(name):
+            text = str(helps[name])
+            command.description = text[0].upper() + text[1:] + "."
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _describe(action)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

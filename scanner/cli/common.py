@@ -102,7 +102,7 @@ def publish(report: ScanReport, args: argparse.Namespace) -> int:
             printed = jsonl_report.render(report)
             sys.stdout.write(printed)
         else:
-            stdout().print(table.build(report))
+            stdout().print(table.build(report, verbose=getattr(args, "verbose", False)))
     if args.output:
         lines = is_jsonl_path(args.output) or (args.output == STDOUT and args.format == "jsonl")
         if lines:
@@ -154,6 +154,12 @@ def output_options(parser: argparse.ArgumentParser) -> None:
         choices=("table", "json", "jsonl"),
         default="table",
         help="what to print (default: table; jsonl: JSON Lines, one host per line)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="table: every host, with its CPU, kernels, paging, fix evidence and full reasons",
     )
     parser.add_argument(
         "--rules", metavar="DIR", help="rules directory (default: the bundled rules)"

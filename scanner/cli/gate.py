@@ -22,10 +22,11 @@ from scanner.cli.common import (
 )
 from scanner.cli.sweep import swept_hosts
 from scanner.evaluate import paused_gc
-from scanner.findings import ScanReport, Verdict
+from scanner.findings import HostReport, ScanReport, Verdict
 from scanner.inputs import hosts_from_facts_file, hosts_from_roots
 from scanner.report import junit as junit_report
 from scanner.report import kernel as kernel_report
+from scanner.report import table
 from scanner.stream import BadLine, Judge
 
 if TYPE_CHECKING:
@@ -45,8 +46,10 @@ def _candidate(args: argparse.Namespace) -> Candidate:
 
 def run_kernel_inspect(args: argparse.Namespace) -> int:
     args.kernel = args.path
-    if args.path and args.kernel_version:
-        raise UsageError("kernel inspect: give PATH or --kernel-version, not both")
+    if bool(args.path) == bool(args.kernel_version):
+        raise UsageError(
+            "kernel inspect: give a PATH (.deb, .rpm or tree) or --kernel-version RELEASE"
+        )
     candidate = _candidate(args)
     if args.format == "json":
         sys.stdout.write(candidate.model_dump_json(indent=2) + "\n")
@@ -103,10 +106,45 @@ def run_gate(args: argparse.Namespace) -> int:
             + ", ".join(unknown[:10]),
             markup=False,
         )
-    if status == EXIT_OK and any(verdict in blocking for verdict in after.counted(report)):
+    blocked = [
+        h
+        for h, verdict in zip(report.hosts, after.counted(report), strict=True)
+        if verdict in blocking
+    ]
+    if blocked:
+        _say_what_blocks(report, blocked, blocking)
+    if status == EXIT_OK and blocked:
         status = EXIT_FINDINGS
     # Lines that were not hosts: named, and exit 2, after every other host is out.
     return max(status, streaming.report_bad_lines(bad))
+
+
+# Enough lines to act on; the report and --junit have every one.
+BLOCKING_LINES = 20
+
+
+def _say_what_blocks(report: ScanReport, blocked: list[HostReport], blocking: set[Verdict]) -> None:
+    """One line per blocking host and rule on stderr, so a CI log says why the gate failed."""
+    release = report.candidate.release if report.candidate else "the candidate"
+    lines = [
+        f"fleetscan: blocked: {host.host}: {finding.rule_id} {finding.verdict.value}: "
+        + table.shorten(finding.reason)
+        for host in sorted(blocked, key=lambda h: (-h.verdict.rank, h.host))
+        for finding in host.findings
+        if finding.verdict in blocking
+    ]
+    console = stderr()
+    console.print(
+        f"fleetscan: gate: {len(blocked)} host(s) would be blocked after booting {release}",
+        markup=False,
+    )
+    for line in lines[:BLOCKING_LINES]:
+        console.print(line, markup=False)
+    if len(lines) > BLOCKING_LINES:
+        console.print(
+            f"fleetscan: blocked: ... and {len(lines) - BLOCKING_LINES} more (see the report)",
+            markup=False,
+        )
 
 
 def register(commands: Any) -> None:
@@ -127,8 +165,12 @@ def register(commands: Any) -> None:
     gate.add_argument(
         "-i", "--inventory", metavar="INVENTORY", help="hosts swept now through Ansible"
     )
-    gate.add_argument("--limit", metavar="PATTERN")
-    gate.add_argument("--forks", type=int, default=10, metavar="N")
+    gate.add_argument(
+        "--limit", metavar="PATTERN", help="with -i: Ansible host pattern to narrow the inventory"
+    )
+    gate.add_argument(
+        "--forks", type=int, default=10, metavar="N", help="with -i: parallel hosts (default 10)"
+    )
     gate.add_argument(
         "--root", action="append", metavar="DIR", help="a host's extracted tree (repeatable)"
     )
@@ -157,5 +199,10 @@ def register(commands: Any) -> None:
     inspect.add_argument(
         "--kernel-version", metavar="RELEASE", help="a release string instead of a package"
     )
-    inspect.add_argument("--format", choices=("table", "json"), default="table")
+    inspect.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="what to print (default: table)",
+    )
     inspect.set_defaults(run=run_kernel_inspect)

@@ -52,10 +52,26 @@ def register(commands: Any) -> None:
     kvm = probe_commands.add_parser(
         "kvm", help="run the KVM canary: a guest whose first instruction is hlt, bounded in time"
     )
-    kvm.add_argument("--format", choices=("table", "json"), default="table")
-    kvm.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS", help="default 2")
+    kvm.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="what to print (default: table)",
+    )
+    kvm.add_argument(
+        "--timeout",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long the guest may run before it counts as hung (default 2)",
+    )
     kvm.add_argument("--device", default="/dev/kvm", help=argparse.SUPPRESS)
     kvm.set_defaults(run=run_kvm)
     host = probe_commands.add_parser("host", help="the raw evidence the sweep collects")
-    host.add_argument("--root", default="/", metavar="DIR")
+    host.add_argument(
+        "--root",
+        default="/",
+        metavar="DIR",
+        help="read an extracted tree or capture instead of this machine (default: /)",
+    )
     host.set_defaults(run=run_host)

@@ -52,10 +52,12 @@ def register(commands: Any) -> None:
     rules = commands.add_parser("rules", help="check or test the rules")
     rule_commands = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
     check = rule_commands.add_parser("check", help="validate every rule file")
-    check.add_argument("--rules", metavar="DIR")
+    check.add_argument(
+        "--rules", metavar="DIR", help="rules directory (default: the bundled rules)"
+    )
     check.set_defaults(run=run_check)
     test = rule_commands.add_parser("test", help="run the test cases embedded in the rules")
-    test.add_argument("--rules", metavar="DIR")
+    test.add_argument("--rules", metavar="DIR", help="rules directory (default: the bundled rules)")
     test.set_defaults(run=run_test)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the report")

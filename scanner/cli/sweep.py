@@ -92,7 +92,11 @@ def register(commands: Any) -> None:
         help="also run the KVM canary on every host (one tiny guest, bounded by --canary-timeout)",
     )
     sweep.add_argument(
-        "--canary-timeout", type=float, default=2.0, metavar="SECONDS", help="default 2"
+        "--canary-timeout",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long each canary guest may run before it counts as hung (default 2)",
     )
     report_options(sweep)
     sweep.set_defaults(run=run)

@@ -21,12 +21,21 @@ def build(identity: CandidateKernel, facts: HostFacts) -> Group:
     if identity.package or identity.version:
         about.add_row("package", f"{identity.package or '?'} {identity.version or ''}".strip())
     five = {True: "yes", False: "no", None: "unknown"}[kernel.five_level_paging]
+    config = [
+        f"{name}={value}"
+        for name, value in (
+            ("X86_5LEVEL", kernel.x86_5level),
+            ("PGTABLE_LEVELS", kernel.pgtable_levels),
+        )
+        if value is not None
+    ]
     about.add_row(
         "5-level paging",
-        f"{five} (X86_5LEVEL={kernel.x86_5level}, PGTABLE_LEVELS={kernel.pgtable_levels})",
+        f"{five} ({', '.join(config) if config else 'no kernel config'})",
     )
     kvm_kind = {True: "built in", False: "module", None: "unknown"}[kvm.builtin]
-    about.add_row("KVM", f"{kvm_kind}; kvm-amd {'shipped' if kvm.amd_installed else 'not shipped'}")
+    shipped = {True: "shipped", False: "not shipped", None: "unknown"}[kvm.amd_installed]
+    about.add_row("KVM", f"{kvm_kind}; kvm-amd {shipped}")
     fix = (
         kvm.fix
         if kvm.fix == "unknown"
