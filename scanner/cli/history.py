@@ -159,7 +159,12 @@ def register(commands: Any) -> None:
     history = commands.add_parser("history", help="when each host's verdict changed")
     history.add_argument("host", nargs="?", metavar="HOST")
     db_option(history)
-    history.add_argument("--format", choices=("table", "json"), default="table")
+    history.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="what to print (default: table)",
+    )
     history.set_defaults(run=run_history)
 
     compare = commands.add_parser(
@@ -178,5 +183,10 @@ def register(commands: Any) -> None:
         default="sweep",
         help="which runs to compare by default (default sweep)",
     )
-    compare.add_argument("--format", choices=("table", "json"), default="table")
+    compare.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="what to print (default: table)",
+    )
     compare.set_defaults(run=run_diff)
