@@ -77,7 +77,7 @@ def inspect(path: Path) -> Candidate:
         facts = from_probe(probe_host(str(extracted.root)))
     if facts.kernel.release is None:
         raise CandidateError(f"{path}: no kernel release found")
-    if facts.kernel.x86_5level is None:
+    if facts.kernel.config_kvm is None:
         raise CandidateError(
             f"{path}: no kernel config (boot/config-{extracted.release}) in the package"
         )
@@ -133,11 +133,12 @@ def _predicted_la57(host: HostFacts, kernel: HostFacts) -> tuple[bool | None, st
     if capable and five_level and no5lvl is False:
         return True, "predicted: LA57 CPU, candidate built for 5-level paging, no no5lvl"
     if five_level is None and kernel.kernel.release is not None:
-        # A release string alone can't say; every kernel 6.16+ and most distribution kernels
-        # of the last years can, so assume it will, as the hang needs.
-        return (
-            True if capable else None
-        ), "predicted: 5-level paging assumed (no candidate config)"
+        # A release string alone, or a config without X86_5LEVEL and PGTABLE_LEVELS, can't
+        # say; every kernel 6.16+ and most distribution kernels of the last years can, so
+        # assume it will, as the hang needs: never wave such a candidate through as at_risk.
+        why = kernel.provenance.get("kernel.five_level_paging")
+        detail = why.reason if why is not None and why.reason else "no candidate config"
+        return (True if capable else None), f"predicted: 5-level paging assumed ({detail})"
     return None, "predicted: unknown (CPU capability or command line not collected)"
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from scanner import knowledge
 from scanner.facts import (
     CR4_LA57,
+    FIVE_LEVEL_UNCONDITIONAL,
     REFUSAL_VERSIONS,
     Fix,
     HostFacts,
@@ -163,23 +164,7 @@ def _derive_kernel(facts: HostFacts) -> None:
         )
     else:
         _derived(facts, "kernel.no5lvl", None, fact_why(facts, "kernel.cmdline"))
-    if kernel.x86_5level == "y" or kernel.pgtable_levels == 5:
-        which = "CONFIG_X86_5LEVEL=y" if kernel.x86_5level == "y" else "CONFIG_PGTABLE_LEVELS=5"
-        _derived(
-            facts,
-            "kernel.five_level_paging",
-            True,
-            f"{which} ({fact_source(facts, 'kernel.x86_5level')})",
-        )
-    elif kernel.x86_5level is not None:
-        _derived(
-            facts,
-            "kernel.five_level_paging",
-            False,
-            f"CONFIG_X86_5LEVEL={kernel.x86_5level} ({fact_source(facts, 'kernel.x86_5level')})",
-        )
-    else:
-        _derived(facts, "kernel.five_level_paging", None, fact_why(facts, "kernel.x86_5level"))
+    _derive_five_level(facts)
     package = knowledge.debian_package_version(kernel.version)
     if package is not None:
         _derived(
@@ -212,6 +197,68 @@ def kstrtobool(text: str | None) -> bool | None:
     if first == "o" and text[1:2].lower() in ("n", "f"):
         return text[1:2].lower() == "n"
     return None
+
+
+def _derive_five_level(facts: HostFacts) -> None:
+    """Can the kernel run 5-level paging? From its config, and from its version from 6.16.
+
+    Up to 6.15 CONFIG_X86_5LEVEL=y decides (with CONFIG_PGTABLE_LEVELS=5); "# ... is not set"
+    or PGTABLE_LEVELS=4 means no. 7212b58d6d71 (v6.16) removed the option and made 5-level
+    support unconditional, so an absent X86_5LEVEL means yes there and nothing before it. A
+    config with neither line (a fragment, a partial capture) leaves it unknown, never no.
+    """
+    kernel = facts.kernel
+    version = base_version(kernel.release)
+    where = fact_source(facts, "kernel.x86_5level")
+    if kernel.x86_5level == "y":
+        value, why = True, f"CONFIG_X86_5LEVEL=y ({where})"
+    elif kernel.pgtable_levels == 5:
+        value, why = (
+            True,
+            f"CONFIG_PGTABLE_LEVELS=5 ({fact_source(facts, 'kernel.pgtable_levels')})",
+        )
+    elif kernel.x86_5level is not None:
+        value, why = False, f"CONFIG_X86_5LEVEL={kernel.x86_5level} ({where})"
+    elif kernel.pgtable_levels is not None:
+        levels = fact_source(facts, "kernel.pgtable_levels")
+        value, why = False, f"CONFIG_PGTABLE_LEVELS={kernel.pgtable_levels} ({levels})"
+    elif version is not None and version[:2] >= FIVE_LEVEL_UNCONDITIONAL:
+        value = True
+        why = (
+            f"kernel {version[0]}.{version[1]} >= 6.16: 5-level paging support is unconditional"
+            f" (7212b58d6d71 removed CONFIG_X86_5LEVEL; kernel.release from"
+            f" {fact_source(facts, 'kernel.release')})"
+        )
+    else:
+        value = None
+        why = (
+            fact_why(facts, "kernel.x86_5level")
+            + "; nor CONFIG_PGTABLE_LEVELS: whether the kernel can run 5-level paging is unknown"
+        )
+    _derived(facts, "kernel.five_level_paging", value, why)
+    conflict = None
+    flag = facts.cpu.la57_flag
+    if flag is True and value is False:
+        conflict = (
+            f"cpuinfo shows la57, which the kernel sets only while running 5-level paging "
+            f"({fact_source(facts, 'cpu.la57_flag')}), but {why} says it cannot: "
+            "the config is not the running kernel's"
+        )
+    elif (
+        flag is False
+        and value is True
+        and (facts.cpu.virtual_address_bits or 0) >= 57
+        and kernel.no5lvl is False
+    ):
+        conflict = (
+            f"{why} and the CPU has 57-bit virtual addresses without no5lvl, but cpuinfo lacks "
+            f"la57 ({fact_source(facts, 'cpu.la57_flag')}): the kernel does not run 5-level "
+            "paging, so the config is not the running kernel's"
+        )
+    if conflict:
+        _derived(facts, "kernel.five_level_conflict", conflict, "cpu.la57_flag, kernel config")
+    else:
+        _derived(facts, "kernel.five_level_conflict", None, "flag and config agree")
 
 
 def _derive_kvm(facts: HostFacts) -> None:

@@ -28,6 +28,9 @@ CR4_LA57 = 1 << 12
 FIX_VERSION = (5, 15)  # 746700d21fd5 and 43e540cc9f2c first shipped in v5.15
 REFUSAL_VERSIONS = ((5, 13), (5, 15))  # 03ca4589fabc (v5.13) without the fix
 FIX_PARAMETER = "tdp_forced_root_level"
+# 7212b58d6d71 "x86/mm: Remove CONFIG_X86_5LEVEL" (v6.16): 5-level paging support is built
+# into every x86-64 kernel from then on (CONFIG_PGTABLE_LEVELS=5).
+FIVE_LEVEL_UNCONDITIONAL = (6, 16)
 
 _BASE_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
 
@@ -109,6 +112,9 @@ class KernelFacts(_Section):
     package_version: str | None = None
     no5lvl: bool | None = None
     five_level_paging: bool | None = None
+    # Set when the cpuinfo flag and the config disagree about 5-level paging (a config of
+    # another build): the detail says which says what.
+    five_level_conflict: str | None = None
 
 
 class OsFacts(_Section):

@@ -199,6 +199,11 @@ def _kernel(build: _Builder) -> None:
         if options is None:
             build.missing(path, config.why())
             continue
+        if fact in ("x86_5level", "pgtable_levels") and key not in options:
+            # Absent is not "n" here: X86_5LEVEL is gone from 6.16 (7212b58d6d71), and a config
+            # without either line says nothing about 5-level paging (scanner/derive.py decides).
+            build.missing(path, f"{config.source}: no {key} line")
+            continue
         value: Any = options.get(key, "n")
         if fact == "pgtable_levels":
             value = int(value) if str(value).isdigit() else None

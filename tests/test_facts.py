@@ -181,7 +181,7 @@ def test_kvm_amd_loaded_installed_and_npt() -> None:
 def test_five_level_paging_after_the_option_was_removed() -> None:
     # 6.16+ has no CONFIG_X86_5LEVEL: PGTABLE_LEVELS=5 says the kernel can run 5-level paging.
     facts = from_probe(probe(config=ok("/proc/config.gz", {"CONFIG_PGTABLE_LEVELS": "5"})))
-    assert facts.kernel.x86_5level == "n"
+    assert facts.kernel.x86_5level is None
     assert facts.kernel.five_level_paging is True
 
 
