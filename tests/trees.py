@@ -1,14 +1,18 @@
 """Build host trees (a root directory the probe reads like a host) from real captures.
 
 CPU captures come from tests/data/samples (public sources, SOURCE line stripped here); kernel
-artefacts (kvm.ko, kvm-amd.ko, configs) from the shared Debian extraction, see kernels().
+artefacts (kvm.ko, kvm-amd.ko, configs, changelogs) from tests/data/kernels, see kernels_dir().
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
 import lzma
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,29 +40,97 @@ DEBIAN_61 = "debian-6.1.192-2"
 RELEASES = {DEBIAN_510: "5.10.0-46-amd64", DEBIAN_61: "6.1.0-56-amd64"}
 
 
-def kernels_dir() -> Path | None:
+KERNELS = DATA / "kernels"
+
+
+@dataclass(frozen=True)
+class Artefact:
+    """One file of a Debian kernel package, as tests/data/kernels/SOURCE.md records it."""
+
+    folder: str
+    stored: str  # the file under tests/data/kernels/<folder>/ (.xz: compressed here)
+    path: str  # where the package has it
+    sha256: str  # of the file in the package
+
+    @property
+    def name(self) -> str:
+        return self.stored.removesuffix(".xz")
+
+
+def artefacts() -> list[Artefact]:
+    """The carried artefacts, read from the file table of tests/data/kernels/SOURCE.md."""
+    rows = []
+    for line in (KERNELS / "SOURCE.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and len(cells[3]) == 64 and cells[0].startswith("debian-"):
+            rows.append(Artefact(*cells))
+    return rows
+
+
+def _cache_root() -> Path:
+    configured = os.environ.get("FLEETSCAN_TEST_CACHE")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fleetscan-tests"
+
+
+@functools.cache
+def kernels_dir() -> Path:
+    """A directory of the carried artefacts, decompressed once into a cache and verified.
+
+    $FLEETSCAN_SHARED_KERNELS (a folder laid out like ../shared/kernels) overrides them.
+    The cache folder is named after the stored files' digest and created by rename, so
+    concurrent test runs and stale caches are harmless; a file whose sha256 differs from
+    SOURCE.md fails loudly instead of skipping.
+    """
     configured = os.environ.get("FLEETSCAN_SHARED_KERNELS")
-    for candidate in (Path(configured) if configured else None, REPO.parent / "shared" / "kernels"):
-        if candidate is not None and (candidate / DEBIAN_61 / "kvm.ko").is_file():
-            return candidate
-    return None
+    if configured:
+        return Path(configured)
+    rows = artefacts()
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(f"{row.folder}/{row.stored}:{row.sha256}\n".encode())
+        digest.update((KERNELS / row.folder / row.stored).read_bytes())
+    target = _cache_root() / "kernels" / digest.hexdigest()[:16]
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
+    try:
+        for row in rows:
+            data = (KERNELS / row.folder / row.stored).read_bytes()
+            if row.stored.endswith(".xz"):
+                data = lzma.decompress(data)
+            if row.name != "changelog.gz" and hashlib.sha256(data).hexdigest() != row.sha256:
+                raise AssertionError(
+                    f"{KERNELS / row.folder / row.stored}: sha256 differs from SOURCE.md"
+                )
+            (work / row.folder).mkdir(exist_ok=True)
+            (work / row.folder / row.name).write_bytes(data)
+        try:
+            work.rename(target)
+        except OSError:  # another run got there first
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
 
 
 def kernel(version: str) -> Path:
-    """The shared Debian artefacts of one kernel, or skip the test saying what is missing."""
+    """The Debian artefacts of one kernel (a folder with kvm.ko, kvm-amd.ko, config, changelog)."""
     base = kernels_dir()
-    if base is None:
-        pytest.skip(
-            "needs kernels: Debian kernel artefacts not found: set FLEETSCAN_SHARED_KERNELS or provide ../shared/kernels"
-        )
+    if not (base / version).is_dir():
+        pytest.skip(f"needs kernels: {base / version} missing (FLEETSCAN_SHARED_KERNELS={base})")
     return base / version
 
 
 def kernel_file(version: str, name: str) -> bytes:
-    """One shared Debian artefact's bytes (e.g. kvm.ko), or skip saying what is missing."""
+    """One Debian artefact's bytes (e.g. kvm.ko)."""
     path = kernel(version) / name
     if not path.is_file():
-        pytest.skip(f"needs kernels: {path} missing from the shared kernel artefacts")
+        pytest.skip(f"needs kernels: {path} missing from the kernel artefacts")
     return path.read_bytes()
 
 
