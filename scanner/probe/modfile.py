@@ -62,7 +62,7 @@ def _decompress(
 def _zstd_module() -> "object":
     """compression.zstd (Python 3.14+) or its backport; targets usually have neither."""
     if sys.version_info >= (3, 14):
-        from compression import zstd
+        from compression import zstd  # novermin: only reached on 3.14+
     else:
         from backports import zstd
     return zstd
