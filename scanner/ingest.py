@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from scanner.derive import derive_all
 from scanner.facts import SECTIONS, FactsError, HostFacts, Provenance, provenance
+from scanner.validation import describe
 
 
 class _Item(BaseModel):
@@ -68,9 +69,7 @@ def _underived(raw: Any) -> HostFacts:
         # One validation call for every item: per-item calls cost more than the checks.
         parsed = _ITEMS.validate_python(raw["items"])
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise FactsError(f"probe output: items.{where}: {first['msg']}") from None
+        raise FactsError(f"probe output: {describe(exc, 'items.', most=1)}") from None
     build = _Builder(parsed)
     _cpu(build)
     _kernel(build)

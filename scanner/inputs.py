@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from scanner.derive import load_facts
 from scanner.facts import FactsError, HostFacts
 from scanner.findings import HostError
 from scanner.ingest import from_probe
+from scanner.validation import describe, show
 
 Hosts = dict[str, HostFacts | HostError]
+Warn = Callable[[str], None]
+PROBE_KEYS = ("items", "fleetscan_probe")
+EXPECTED = "a fleetscan report, one host's probe output, or an object of host name to probe output"
 
 
 class InputError(ValueError):
@@ -31,6 +37,8 @@ def host_from_raw(name: str, raw: Any, where: str) -> HostFacts | HostError:
         if isinstance(raw, dict) and "items" in raw:
             return from_probe(raw)
         return load_facts(raw)
+    except ValidationError as exc:
+        return HostError(kind="unparsable", message=f"{where}: host {name}: {describe(exc)}")
     except (FactsError, ValueError) as exc:
         first = str(exc).splitlines()[0]
         return HostError(kind="unparsable", message=f"{where}: host {name}: {first}")
@@ -60,28 +68,90 @@ def _load_json(path: Path) -> Any:
         raise InputError(f"{path}: not JSON ({exc})") from None
 
 
+def _json_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return show(value)
+
+
+def _is_probe(value: Any) -> bool:
+    return isinstance(value, dict) and any(key in value for key in PROBE_KEYS)
+
+
+def _is_host_entry(value: Any) -> bool:
+    """Probe output, or saved facts (an object with at least one of HostFacts' fields)."""
+    return _is_probe(value) or (
+        isinstance(value, dict) and bool(value.keys() & HostFacts.model_fields.keys())
+    )
+
+
+def _recorded_hostname(document: dict[str, Any]) -> str | None:
+    """The hostname the probe itself read (items.hostname), whatever the file is called."""
+    probe = document.get("fleetscan_probe", document)
+    item = (probe.get("items") or {}).get("hostname") if isinstance(probe, dict) else None
+    if isinstance(item, dict) and item.get("status") == "ok" and isinstance(item.get("value"), str):
+        return item["value"] or None
+    return None
+
+
+def _from_report(path: Path, document: dict[str, Any]) -> Hosts:
+    entries = document.get("hosts")
+    if not isinstance(entries, list):
+        raise InputError(
+            f"{path}: hosts: expected a list of host objects (a fleetscan report), "
+            f"got {_json_kind(entries) if 'hosts' in document else 'nothing'}"
+        )
+    hosts: Hosts = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise InputError(
+                f"{path}: hosts.{index}: expected a host object, got {_json_kind(entry)}"
+            )
+        if not isinstance(entry.get("host"), str) or not entry["host"]:
+            raise InputError(f"{path}: hosts.{index}.host: expected a host name")
+        hosts[entry["host"]] = host_from_entry(entry, str(path))
+    return hosts
+
+
 def hosts_from_facts_file(path: Path) -> Hosts:
-    """A saved report, one host's probe output, {host: probe output}, or a fact-cache directory."""
+    """A saved report, one host's probe output, {host: probe output}, or a fact-cache directory.
+
+    A document of another shape is an InputError naming the file and what was expected; an
+    empty fleet is returned empty (the caller decides whether that is an error).
+    """
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        if not files:
-            raise InputError(f"{path}: empty directory")
-        return {p.name: host_from_raw(p.name, _load_json(p), str(p)) for p in files}
-    document = _load_json(path)
-    if isinstance(document, dict) and "schema_version" in document and "hosts" in document:
         hosts: Hosts = {}
-        if not isinstance(document["hosts"], list):
-            raise InputError(f"{path}: hosts: expected a list")
-        for index, entry in enumerate(document["hosts"]):
-            if not isinstance(entry, dict) or not isinstance(entry.get("host"), str):
-                raise InputError(f"{path}: hosts.{index}.host: missing")
-            hosts[entry["host"]] = host_from_entry(entry, str(path))
+        for file in files:
+            document = _load_json(file)
+            if _is_host_entry(document):
+                hosts[file.name] = host_from_raw(file.name, document, str(file))
+            else:
+                # A host of the cache all the same (its file name): unknown, never dropped.
+                hosts[file.name] = HostError(
+                    kind="unparsable",
+                    message=f"{file}: no fleetscan_probe fact (got {_json_kind(document)})",
+                )
         return hosts
-    if isinstance(document, dict) and ("items" in document or "fleetscan_probe" in document):
-        return {path.stem: host_from_raw(path.stem, document, str(path))}
-    if isinstance(document, dict) and document:
-        return {str(k): host_from_raw(str(k), v, str(path)) for k, v in document.items()}
-    raise InputError(f"{path}: not a fleetscan report, probe output or host map")
+    document = _load_json(path)
+    if not isinstance(document, dict):
+        raise InputError(f"{path}: expected {EXPECTED}; got {_json_kind(document)}")
+    if "schema_version" in document or "hosts" in document:
+        return _from_report(path, document)
+    if _is_probe(document):
+        name = _recorded_hostname(document) or path.stem
+        return {name: host_from_raw(name, document, str(path))}
+    for name, value in document.items():
+        if not _is_host_entry(value):
+            raise InputError(
+                f"{path}: expected {EXPECTED}; {name!r} is {_json_kind(value)}, "
+                "not probe output (an object with 'items' or 'fleetscan_probe') or saved facts"
+            )
+    return {
+        str(name): host_from_raw(str(name), value, str(path)) for name, value in document.items()
+    }
 
 
 def capture_root(path: Path) -> Path:
@@ -94,7 +164,10 @@ def capture_root(path: Path) -> Path:
     return path
 
 
-def hosts_from_roots(roots: Sequence[str]) -> Hosts:
+def hosts_from_roots(roots: Sequence[str], warn: Warn | None = None) -> Hosts:
+    """One host per extracted tree. An empty directory is an InputError (a mistyped path or
+    an extraction that failed), unless `warn` is given (--allow-empty): then a warning, and
+    the tree is judged for what it is (every fact unreadable, so unknown)."""
     from scanner.probe import probe_host
 
     hosts: Hosts = {}
@@ -104,6 +177,11 @@ def hosts_from_roots(roots: Sequence[str]) -> Hosts:
             raise InputError(f"--root {root}: not a directory")
         if not os.access(path, os.R_OK | os.X_OK):
             raise InputError(f"--root {root}: permission denied")
+        if not any(path.iterdir()):
+            message = f"--root {root}: empty directory, not an extracted host tree"
+            if warn is None:
+                raise InputError(message + " (--allow-empty accepts it)")
+            warn(message)
         name = path.resolve().name or str(path)
         while name in hosts:
             name = f"{name}+"

@@ -32,6 +32,7 @@ from scanner.findings import HostError, HostReport, Kernels
 from scanner.inputs import InputError, host_from_entry, host_from_raw
 from scanner.report import jsonl
 from scanner.rules import Rule
+from scanner.validation import show
 
 if TYPE_CHECKING:
     from scanner.candidate import Candidate
@@ -171,10 +172,17 @@ def _report_entries(path: Path, handle: IO[bytes]) -> Iterator[Entry]:
     split.expect("{")
     if split.skip() == "}":
         return
+    seen_hosts = False
     while True:
         key = split.value()
         split.expect(":")
         if key == "hosts":
+            seen_hosts = True
+            if split.skip() != "[":
+                raise InputError(
+                    f"{path}: hosts: expected a list of host objects (a fleetscan report), "
+                    f"got {show(split.value())}"
+                )
             split.expect("[")
             if split.skip() == "]":
                 split.pos += 1
@@ -189,6 +197,11 @@ def _report_entries(path: Path, handle: IO[bytes]) -> Iterator[Entry]:
         else:
             split.value()
         if split.expect(",}") == "}":
+            if not seen_hosts:
+                raise InputError(
+                    f"{path}: hosts: expected a list of host objects (a fleetscan report), "
+                    "got nothing"
+                )
             return
 
 
@@ -202,9 +215,14 @@ def read_entries(path: Path) -> Iterator[Entry | BadLine]:
         if is_jsonl(path):
             yield from _jsonl_entries(path, handle)
             return
+        hosts = 0
         try:
-            yield from _report_entries(path, handle)
+            for entry in _report_entries(path, handle):
+                hosts += 1
+                yield entry
         except InputError as exc:
+            if not hosts:
+                raise  # not a report at all: one line, exit 2, nothing to keep
             # A broken report cannot be resynchronised: the hosts before it stand.
             where, _, message = str(exc).partition(": ")
             yield BadLine(where, message)

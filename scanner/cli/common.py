@@ -8,13 +8,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from scanner.evaluate import evaluate_host, failed_host, paused_gc
 from scanner.findings import CandidateKernel, HostError, HostReport, ScanReport, Verdict
-from scanner.inputs import Hosts
+from scanner.inputs import Hosts, Warn
 from scanner.output import STDOUT, OutputError, resolve, write_text
 from scanner.report import json as json_report
 from scanner.report import jsonl as jsonl_report
@@ -141,6 +143,36 @@ def finish(report: ScanReport, args: argparse.Namespace, status: int) -> int:
     ):
         status = EXIT_FINDINGS
     return status
+
+
+def warn_if_allowed(args: argparse.Namespace) -> Warn | None:
+    """With --allow-empty, a warning printer for what would otherwise be an error."""
+    if not getattr(args, "allow_empty", False):
+        return None
+
+    def warn(message: str) -> None:
+        stderr().print(f"fleetscan: warning: {message}", markup=False)
+
+    return warn
+
+
+def check_fleet(hosts: Mapping[str, Any], args: argparse.Namespace, source: str) -> None:
+    """An empty fleet is an error (a wrong file, a filter that matched nothing), not a pass:
+    exit 2, unless --allow-empty, which warns."""
+    if hosts:
+        return
+    warn = warn_if_allowed(args)
+    if warn is None:
+        raise UsageError(f"{source}: no hosts (--allow-empty accepts an empty fleet)")
+    warn(f"{source}: no hosts, allowed by --allow-empty")
+
+
+def allow_empty_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="accept no hosts, or an empty --root directory, with a warning (default: exit 2)",
+    )
 
 
 def output_options(parser: argparse.ArgumentParser) -> None:

@@ -9,12 +9,15 @@ from typing import Any
 from scanner.cli import after, streaming
 from scanner.cli.common import (
     UsageError,
+    allow_empty_option,
     build_report,
+    check_fleet,
     check_output_path,
     emit,
     finish,
     load_rules_for,
     report_options,
+    warn_if_allowed,
 )
 from scanner.inputs import hosts_from_facts_file, hosts_from_roots
 from scanner.stream import Judge
@@ -27,15 +30,19 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.root) == bool(args.facts):
         raise UsageError("evaluate: give either --root DIR (repeatable) or --facts FILE")
     if args.root:
-        return emit(build_report(rules, hosts_from_roots(args.root)), args)
+        return emit(build_report(rules, hosts_from_roots(args.root, warn_if_allowed(args))), args)
     path = Path(args.facts)
     if not streaming.streams(path):
-        return emit(build_report(rules, hosts_from_facts_file(path)), args)
+        hosts = hosts_from_facts_file(path)
+        check_fleet(hosts, args, str(path))
+        return emit(build_report(rules, hosts), args)
     if streaming.large(path, args):
         report, bad, status = streaming.stream_report(args, path, Judge(rules))
         status = finish(report, args, status)
     else:
         hosts, bad = streaming.read_small(path)
+        if not bad:
+            check_fleet(hosts, args, str(path))
         status = emit(build_report(rules, hosts), args)
     # Lines that were not hosts: named, and exit 2, after every other host is out.
     return max(status, streaming.report_bad_lines(bad))
@@ -53,4 +60,5 @@ def register(commands: Any) -> None:
         ' {"host": ..., "probe": ...}, or a fact-cache directory',
     )
     report_options(evaluate)
+    allow_empty_option(evaluate)
     evaluate.set_defaults(run=run)

@@ -12,12 +12,15 @@ from scanner.cli.common import (
     EXIT_FINDINGS,
     EXIT_OK,
     UsageError,
+    allow_empty_option,
+    check_fleet,
     check_output_path,
     load_rules_for,
     output_options,
     publish,
     stderr,
     stdout,
+    warn_if_allowed,
     write_output,
 )
 from scanner.cli.sweep import swept_hosts
@@ -80,9 +83,11 @@ def run_gate(args: argparse.Namespace) -> int:
         elif path is not None:
             hosts = hosts_from_facts_file(path)
         elif args.root:
-            hosts = hosts_from_roots(args.root)
+            hosts = hosts_from_roots(args.root, warn_if_allowed(args))
         else:
             hosts = swept_hosts(args)
+        if path is not None and not bad:
+            check_fleet(hosts, args, str(path))
         with paused_gc():
             judged = [judge(name, outcome) for name, outcome in hosts.items()]
         report = ScanReport.of(judged, candidate.identity)
@@ -175,6 +180,7 @@ def register(commands: Any) -> None:
         "--root", action="append", metavar="DIR", help="a host's extracted tree (repeatable)"
     )
     output_options(gate)
+    allow_empty_option(gate)
     after.options(gate)
     gate.add_argument(
         "--junit", metavar="PATH", help="write JUnit XML (one testcase per host and rule)"
