@@ -165,6 +165,15 @@ class WaiverStatus(BaseModel):
     stale: list[WaiverNotice] = Field(default_factory=list)
 
 
+class RuleSet(BaseModel):
+    """Which rules judged the hosts: two reports compare only when their digests match."""
+
+    model_config = ConfigDict(extra="forbid")
+    ids: list[str]
+    # sha256 over the rules as loaded and the knowledge base, first 16 hex digits.
+    digest: str
+
+
 class ScanReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
     schema_version: int = SCHEMA_VERSION
@@ -174,6 +183,9 @@ class ScanReport(BaseModel):
     # False when a signal stopped the run: hosts not reached are `unknown`, kind "interrupted".
     complete: bool = True
     tool: Tool = Field(default_factory=Tool)
+    rules: RuleSet | None = None
+    # What was judged, in words: "inventory hosts.ini", "this host", "3 trees", "facts x.json".
+    scope: str | None = None
     generated_at: str = Field(
         default_factory=lambda: (
             datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

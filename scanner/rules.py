@@ -6,6 +6,7 @@ when the rule loads, so a typo fails `fleetscan rules check` instead of making a
 
 from __future__ import annotations
 
+import hashlib
 import re
 from functools import cached_property
 from pathlib import Path
@@ -25,7 +26,7 @@ from pydantic import (
 )
 
 from scanner.facts import fact_paths
-from scanner.findings import Severity, Verdict
+from scanner.findings import RuleSet, Severity, Verdict
 
 KNOWN_FACTS = frozenset(fact_paths())
 TEMPLATE_FIELD = re.compile(r"\{([a-z_]+\.[a-z0-9_]+)\}")
@@ -253,3 +254,18 @@ def load_rules(directory: Path) -> list[Rule]:
     if not rules:
         raise RuleError(f"{directory}: no rule files (*.yaml)")
     return rules
+
+
+def ruleset(rules: list[Rule], knowledge: Path | None = None) -> RuleSet:
+    """The identity of the rules that judged a report (ids and a digest of their content).
+
+    The digest covers the rules as loaded (not their YAML layout) and the knowledge base file,
+    which decides fixes too; a reader of two reports can tell whether the same rules spoke.
+    """
+    digest = hashlib.sha256()
+    for rule in sorted(rules, key=lambda r: r.id):
+        digest.update(rule.model_dump_json().encode())
+        digest.update(b"\0")
+    if knowledge is not None and knowledge.is_file():
+        digest.update(knowledge.read_bytes())
+    return RuleSet(ids=sorted(r.id for r in rules), digest=digest.hexdigest()[:16])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,13 @@ from rich.console import Console
 from scanner.evaluate import evaluate_host, failed_host, paused_gc
 from scanner.findings import CandidateKernel, HostError, HostReport, ScanReport, Verdict
 from scanner.inputs import Hosts, Warn
+from scanner.knowledge import KB_FILE
 from scanner.output import STDOUT, OutputError, resolve, write_text
 from scanner.report import json as json_report
 from scanner.report import jsonl as jsonl_report
 from scanner.report import table
 from scanner.resources import rules_dir
-from scanner.rules import Rule, RuleError, load_rules
+from scanner.rules import Rule, RuleError, load_rules, ruleset
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
 FAIL_ON = {
@@ -59,6 +60,7 @@ def build_report(
     rules: list[Rule],
     hosts: Hosts,
     candidate: CandidateKernel | None = None,
+    scope: str | None = None,
 ) -> ScanReport:
     reports: list[HostReport] = []
     with paused_gc():
@@ -67,7 +69,28 @@ def build_report(
                 reports.append(failed_host(rules, name, outcome))
             else:
                 reports.append(evaluate_host(rules, name, outcome))
-    return ScanReport.of(reports, candidate)
+    return identify(ScanReport.of(reports, candidate), rules, scope)
+
+
+def identify(report: ScanReport, rules: list[Rule], scope: str | None) -> ScanReport:
+    """Say in the report which rules judged it and what was judged."""
+    report.rules = ruleset(rules, rules_dir() / KB_FILE)
+    report.scope = scope
+    return report
+
+
+def scope_of(args: argparse.Namespace) -> str:
+    """What a command judged, in words, for the report's `scope`."""
+    if getattr(args, "root", None):
+        names = [Path(r).name or r for r in args.root]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        return f"{len(names)} extracted tree(s): {shown}"
+    if getattr(args, "facts", None):
+        return f"saved facts {args.facts}"
+    where = f"inventory {args.inventory}" if getattr(args, "inventory", None) else "this host"
+    if getattr(args, "limit", None):
+        where += f" (limit {args.limit})"
+    return where
 
 
 def check_output_path(output: str | None, option: str = "--output") -> None:
@@ -89,12 +112,20 @@ def write_output(path: str, text: str, option: str = "--output") -> int:
     return EXIT_OK
 
 
-def publish(report: ScanReport, args: argparse.Namespace) -> int:
-    """Print the report and write --output (the report is printed even if the file fails).
+def publish(
+    report: ScanReport, args: argparse.Namespace, blocking: Iterable[Verdict] | None = None
+) -> int:
+    """Print the report, write --output and --html (printed even if a file fails).
 
     `--output -` puts the JSON report on stdout instead of the --format rendering. The JSON
-    text is rendered once, whether it is printed, written, or both.
+    text is rendered once, whether it is printed, written, or both. `blocking` is a gate's
+    policy (the verdicts that block), which its page states.
     """
+    from scanner.cli.page import write_html
+
+    status = EXIT_OK
+    if getattr(args, "html", None):
+        status = write_html(report, args, blocking)
     printed = ""
     if args.output != STDOUT:
         if args.format == "json":
@@ -111,8 +142,8 @@ def publish(report: ScanReport, args: argparse.Namespace) -> int:
             text = printed if args.format == "jsonl" and printed else jsonl_report.render(report)
         else:
             text = printed if args.format == "json" and printed else json_report.render(report)
-        return write_output(args.output, text)
-    return EXIT_OK
+        status = max(status, write_output(args.output, text))
+    return status
 
 
 def is_jsonl_path(path: str) -> bool:
@@ -180,6 +211,11 @@ def output_options(parser: argparse.ArgumentParser) -> None:
         "--output",
         metavar="PATH",
         help="also write the report to PATH (JSON Lines when PATH ends in .jsonl, else JSON)",
+    )
+    parser.add_argument(
+        "--html",
+        metavar="PATH",
+        help="also write the report as one self-contained HTML page to PATH",
     )
     parser.add_argument(
         "--format",

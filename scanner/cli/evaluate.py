@@ -17,6 +17,7 @@ from scanner.cli.common import (
     finish,
     load_rules_for,
     report_options,
+    scope_of,
     warn_if_allowed,
 )
 from scanner.inputs import hosts_from_facts_file, hosts_from_roots
@@ -27,15 +28,20 @@ def run(args: argparse.Namespace) -> int:
     rules = load_rules_for(args)
     after.prepare(args, rules)
     check_output_path(args.output)
+    check_output_path(args.html, "--html")
     if bool(args.root) == bool(args.facts):
         raise UsageError("evaluate: give either --root DIR (repeatable) or --facts FILE")
+    scope = scope_of(args)
     if args.root:
-        return emit(build_report(rules, hosts_from_roots(args.root, warn_if_allowed(args))), args)
+        return emit(
+            build_report(rules, hosts_from_roots(args.root, warn_if_allowed(args)), scope=scope),
+            args,
+        )
     path = Path(args.facts)
     if not streaming.streams(path):
         hosts = hosts_from_facts_file(path)
         check_fleet(hosts, args, str(path))
-        return emit(build_report(rules, hosts), args)
+        return emit(build_report(rules, hosts, scope=scope), args)
     if streaming.large(path, args):
         report, bad, status = streaming.stream_report(args, path, Judge(rules))
         status = finish(report, args, status)
@@ -43,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         hosts, bad = streaming.read_small(path)
         if not bad:
             check_fleet(hosts, args, str(path))
-        status = emit(build_report(rules, hosts), args)
+        status = emit(build_report(rules, hosts, scope=scope), args)
     # Lines that were not hosts: named, and exit 2, after every other host is out.
     return max(status, streaming.report_bad_lines(bad))
 

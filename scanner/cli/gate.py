@@ -15,9 +15,11 @@ from scanner.cli.common import (
     allow_empty_option,
     check_fleet,
     check_output_path,
+    identify,
     load_rules_for,
     output_options,
     publish,
+    scope_of,
     stderr,
     stdout,
     warn_if_allowed,
@@ -67,11 +69,17 @@ def run_gate(args: argparse.Namespace) -> int:
     after.prepare(args, rules)
     check_output_path(args.output)
     check_output_path(args.junit, "--junit")
+    check_output_path(args.html, "--html")
     sources = [bool(args.facts), bool(args.inventory), bool(args.root)]
     if sum(sources) > 1:
         raise UsageError("gate: give one of --facts FILE, -i INVENTORY or --root DIR")
     candidate = _candidate(args)
     judge = Judge(rules, candidate)
+    blocking = {Verdict.AFFECTED}
+    if args.fail_on == "at_risk":
+        blocking.add(Verdict.AT_RISK)
+    if not args.allow_unknown:
+        blocking.add(Verdict.UNKNOWN)
     bad: list[BadLine] = []
     path = Path(args.facts) if args.facts else None
     status = EXIT_OK
@@ -90,14 +98,9 @@ def run_gate(args: argparse.Namespace) -> int:
             check_fleet(hosts, args, str(path))
         with paused_gc():
             judged = [judge(name, outcome) for name, outcome in hosts.items()]
-        report = ScanReport.of(judged, candidate.identity)
+        report = identify(ScanReport.of(judged, candidate.identity), rules, scope_of(args))
         after.waive(report, args)
-        status = publish(report, args)
-    blocking = {Verdict.AFFECTED}
-    if args.fail_on == "at_risk":
-        blocking.add(Verdict.AT_RISK)
-    if not args.allow_unknown:
-        blocking.add(Verdict.UNKNOWN)
+        status = publish(report, args, blocking)
     if args.junit:
         junit = junit_report.render(report, blocking, name="fleetscan gate")
         status = max(status, write_output(args.junit, junit, "--junit"))

@@ -43,8 +43,9 @@ def streams(path: Path) -> bool:
 
 
 def large(path: Path, args: argparse.Namespace) -> bool:
-    """Stream this input? Waivers mark a whole report, so with --waivers it is read whole."""
-    if getattr(args, "loaded_waivers", None) is not None:
+    """Stream this input? Waivers mark a whole report, and the --html page shows every host's
+    facts, so with --waivers or --html it is read whole."""
+    if getattr(args, "loaded_waivers", None) is not None or getattr(args, "html", None):
         return False
     return path.stat().st_size > stream_bytes()
 

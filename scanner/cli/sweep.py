@@ -15,6 +15,7 @@ from scanner.cli.common import (
     load_rules_for,
     publish,
     report_options,
+    scope_of,
     stderr,
 )
 from scanner.inputs import Hosts
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     rules = load_rules_for(args)
     after.prepare(args, rules)
     check_output_path(args.output)
+    check_output_path(args.html, "--html")
     if not 0 < args.canary_timeout <= 60:
         raise UsageError("--canary-timeout: give seconds between 0 and 60")
     try:
@@ -59,11 +61,11 @@ def run(args: argparse.Namespace) -> int:
     except Interrupted as exc:
         # What was gathered is kept, in a report that says it is incomplete.
         if exc.partial is not None and exc.partial.hosts:
-            report = build_report(rules, exc.partial.hosts)
+            report = build_report(rules, exc.partial.hosts, scope=scope_of(args))
             report.complete = False
             publish(report, args)
         raise Interrupted(exc.signum) from None
-    return emit(build_report(rules, hosts), args)
+    return emit(build_report(rules, hosts, scope=scope_of(args)), args)
 
 
 def register(commands: Any) -> None:
