@@ -230,6 +230,12 @@ class Store:
         stream = (
             f"candidate:{report.candidate.release}" if report.candidate is not None else "current"
         )
+        # What a ticket says besides the transition: the rule's title, the reason, the fix.
+        details = {
+            f.fingerprint: {"title": f.title, "reason": f.reason, "remediation": f.remediation}
+            for host in report.hosts
+            for f in host.findings
+        }
         summary = report.summary
         counts = (
             summary.affected,
@@ -308,7 +314,12 @@ class Store:
                         ],
                     )
                     payloads = [
-                        {"kind": "transition", "stream": stream, **event.as_json()}
+                        {
+                            "kind": "transition",
+                            "stream": stream,
+                            **event.as_json(),
+                            **details.get(event.fingerprint, {}),
+                        }
                         for event in events
                     ]
                     if extra_payloads and sink in extra_payloads:

@@ -1,6 +1,7 @@
 """What every command shares: exit codes, consoles, rules, the report and how it is published.
 
-Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 bad invocation or input.
+Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 bad invocation or input,
+3 the report was written but a sink failed (its items wait in the outbox).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from scanner.resources import rules_dir
 from scanner.rules import Rule, RuleError, load_rules, ruleset
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_SINK_FAILED = 3
 FAIL_ON = {
     "affected": Verdict.AFFECTED.rank,
     "unknown": Verdict.UNKNOWN.rank,
@@ -160,12 +162,12 @@ def emit(report: ScanReport, args: argparse.Namespace) -> int:
 
 
 def finish(report: ScanReport, args: argparse.Namespace, status: int) -> int:
-    """After the report is out: record it in the history, pick the exit code from --fail-on."""
+    """After the report is out: record it, run the sinks, pick the exit code from --fail-on."""
     from scanner.cli import after
 
-    recorded = after.record(report, args, args.command)
-    if status == EXIT_OK:
-        status = recorded
+    recorded = after.record(report, args, args.command, published=status == EXIT_OK)
+    if status == EXIT_OK and recorded != EXIT_OK:
+        return recorded
     threshold = FAIL_ON[args.fail_on]
     if (
         status == EXIT_OK

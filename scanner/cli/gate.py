@@ -104,9 +104,7 @@ def run_gate(args: argparse.Namespace) -> int:
     if args.junit:
         junit = junit_report.render(report, blocking, name="fleetscan gate")
         status = max(status, write_output(args.junit, junit, "--junit"))
-    recorded = after.record(report, args, "gate")
-    if status == EXIT_OK:
-        status = recorded
+    recorded = after.record(report, args, "gate", published=status == EXIT_OK)
     unknown = [h.host for h in report.hosts if h.verdict is Verdict.UNKNOWN]
     if unknown and args.allow_unknown:
         stderr().print(
@@ -121,6 +119,8 @@ def run_gate(args: argparse.Namespace) -> int:
     ]
     if blocked:
         _say_what_blocks(report, blocked, blocking)
+    if status == EXIT_OK and recorded != EXIT_OK:
+        status = recorded
     if status == EXIT_OK and blocked:
         status = EXIT_FINDINGS
     # Lines that were not hosts: named, and exit 2, after every other host is out.

@@ -1,0 +1,39 @@
+"""Deliver the outbox: each sink's pending items, oldest first, stopping at its first failure.
+
+Stopping keeps a sink's items in order (a "resolved" never overtakes the "opened" before it);
+whatever is left stays in the outbox for the next run or `fleetscan sinks retry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from scanner.sinks import Sink, SinkError
+from scanner.store import Store
+
+
+@dataclass
+class Delivery:
+    sent: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    left: dict[str, int] = field(default_factory=dict)
+
+
+def deliver(store: Store, sinks: list[Sink], log: Callable[[Sink, str], None]) -> Delivery:
+    result = Delivery()
+    for sink in sinks:
+        pending = store.pending(sink.key)
+        for index, item in enumerate(pending):
+            try:
+                done = sink.deliver(item.payload)
+            except SinkError as exc:
+                store.failed(item.id, str(exc))
+                result.failed[sink.key] = str(exc)
+                result.left[sink.key] = len(pending) - index
+                log(sink, f"failed: {exc}; {len(pending) - index} item(s) kept in the outbox")
+                break
+            store.delivered(item.id)
+            result.sent += 1
+            log(sink, done)
+    return result
