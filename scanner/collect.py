@@ -25,6 +25,7 @@ from scanner.facts import FactsError, HostFacts
 from scanner.findings import HostError
 from scanner.ingest import from_probe
 from scanner.interrupt import SignalCatcher, adopting_orphans, catching, end_descendants
+from scanner.inventory_errors import explain
 from scanner.resources import collections_dir, playbook
 
 LOCAL_INVENTORY = "localhost ansible_connection=local ansible_python_interpreter={python}\n"
@@ -81,8 +82,12 @@ def _first_error(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def list_hosts(inventory: Path, limit: str | None) -> list[str]:
-    """The hosts `inventory` (and `limit`) select, in inventory order."""
+def list_hosts(inventory: Path, limit: str | None, shown: str | None = None) -> list[str]:
+    """The hosts `inventory` (and `limit`) select, in inventory order.
+
+    Messages name the inventory as `shown` (as the user gave it; never an internal file).
+    """
+    shown = shown or str(inventory)
     command = [_ansible_bin("ansible-inventory"), "-i", str(inventory), "--list"]
     if limit:
         command += ["--limit", limit]
@@ -91,11 +96,14 @@ def list_hosts(inventory: Path, limit: str | None) -> list[str]:
         command, capture_output=True, text=True, env=env, timeout=600, check=False
     )
     if proc.returncode != 0:
-        raise InventoryError(f"{inventory}: {_first_error(proc.stderr or proc.stdout)}")
+        output = proc.stderr or proc.stdout
+        raise InventoryError(
+            explain(output, inventory, shown) or f"{shown}: {_first_error(output)}"
+        )
     try:
         listing = json.loads(proc.stdout)
     except ValueError:
-        raise InventoryError(f"{inventory}: ansible-inventory printed no JSON") from None
+        raise InventoryError(f"{shown}: ansible-inventory printed no JSON") from None
     hosts: list[str] = []
 
     def walk(group_name: str, seen: set[str]) -> None:
@@ -115,7 +123,7 @@ def list_hosts(inventory: Path, limit: str | None) -> list[str]:
             walk(name, visited)
     if not hosts:
         selected = f" with --limit {limit!r}" if limit else ""
-        raise InventoryError(f"{inventory}: no hosts selected{selected}")
+        raise InventoryError(f"{shown}: no hosts selected{selected}")
     return hosts
 
 
@@ -205,13 +213,15 @@ def _sweep(
     catcher: SignalCatcher,
     timeout: int,
 ) -> SweepResult:
+    shown = str(inventory)
     if inventory is None:
         inventory = private / "local-inventory"
         inventory.write_text(LOCAL_INVENTORY.format(python=sys.executable))
+        shown = "localhost (no -i)"
     elif not inventory.exists():
         raise InventoryError(f"{inventory}: no such inventory")
     try:
-        hosts = list_hosts(inventory.resolve(), limit)
+        hosts = list_hosts(inventory.resolve(), limit, shown)
     except InventoryError:
         catcher.raise_if_set(SweepResult())  # a Ctrl-C also reaches ansible-inventory
         raise
