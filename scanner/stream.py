@@ -69,6 +69,7 @@ class Entry:
     where: str
     text: bytes | None = None
     value: Any = None
+    meta: bool = False  # a JSON report's top-level fields, not a host
 
 
 Host = tuple[str, HostFacts | HostError]
@@ -168,11 +169,14 @@ class _Splitter:
 
 
 def _report_entries(path: Path, handle: IO[bytes]) -> Iterator[Entry]:
+    """The report's hosts, each an Entry; its other top-level fields as one header-like
+    Entry before the hosts (and one after them, for fields that follow the hosts)."""
     split = _Splitter(path, handle)
     split.expect("{")
     if split.skip() == "}":
         return
     seen_hosts = False
+    meta: dict[str, Any] = {}
     while True:
         key = split.value()
         split.expect(":")
@@ -183,6 +187,9 @@ def _report_entries(path: Path, handle: IO[bytes]) -> Iterator[Entry]:
                     f"{path}: hosts: expected a list of host objects (a fleetscan report), "
                     f"got {show(split.value())}"
                 )
+            if meta:
+                yield Entry(where=str(path), value=meta, meta=True)
+                meta = {}
             split.expect("[")
             if split.skip() == "]":
                 split.pos += 1
@@ -195,13 +202,15 @@ def _report_entries(path: Path, handle: IO[bytes]) -> Iterator[Entry]:
                     if split.expect(",]") == "]":
                         break
         else:
-            split.value()
+            meta[str(key)] = split.value()
         if split.expect(",}") == "}":
             if not seen_hosts:
                 raise InputError(
                     f"{path}: hosts: expected a list of host objects (a fleetscan report), "
                     "got nothing"
                 )
+            if meta:
+                yield Entry(where=str(path), value=meta, meta=True)
             return
 
 
@@ -218,7 +227,7 @@ def read_entries(path: Path) -> Iterator[Entry | BadLine]:
         hosts = 0
         try:
             for entry in _report_entries(path, handle):
-                hosts += 1
+                hosts += not entry.meta
                 yield entry
         except InputError as exc:
             if not hosts:
@@ -240,8 +249,8 @@ def host_of(entry: Entry) -> Host | BadLine | None:
         return BadLine(entry.where, "expected a JSON object")
     name = item.get("host")
     if name is None:
-        if "schema_version" in item or "summary" in item:
-            return None  # header or trailer
+        if entry.meta or "schema_version" in item or "summary" in item:
+            return None  # header or trailer, or a JSON report's top-level fields
         return BadLine(entry.where, 'expected a host object ("host" with "facts" or "probe")')
     if not isinstance(name, str) or not name:
         return BadLine(entry.where, "host: expected a non-empty string")

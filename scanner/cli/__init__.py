@@ -11,14 +11,14 @@ import sys
 from collections.abc import Callable, Sequence
 
 from scanner import __version__
-from scanner.cli import evaluate, gate, history, page, probe, rulecmds, sinkcmds, sweep
+from scanner.cli import evaluate, gate, history, merge, page, probe, rulecmds, sinkcmds, sweep
 from scanner.cli.common import EXIT_BAD_INPUT, UsageError, stderr
 from scanner.inputs import InputError
 from scanner.interrupt import Interrupted, sigterm_raises
 from scanner.output import OutputError
 
 # In the order `fleetscan --help` lists them.
-COMMANDS = (sweep, evaluate, gate, page, history, sinkcmds, rulecmds, probe)
+COMMANDS = (sweep, evaluate, gate, merge, page, history, sinkcmds, rulecmds, probe)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ from typing import TextIO
 
 from scanner.cli.common import EXIT_BAD_INPUT, EXIT_OK, is_jsonl_path, stderr, stdout
 from scanner.evaluate import paused_gc
-from scanner.findings import CandidateKernel, HostReport, ScanReport
+from scanner.findings import CandidateKernel, HostReport, ScanReport, Summary
 from scanner.inputs import Hosts
 from scanner.output import STDOUT, OutputError, open_output
 from scanner.report import jsonl, table
@@ -74,13 +74,13 @@ def report_bad_lines(bad: list[BadLine]) -> int:
         )
     if bad:
         stderr().print(
-            f"fleetscan: {len(bad)} input line(s) skipped; every other host was judged",
+            f"fleetscan: {len(bad)} input line(s) skipped; every other host is in the report",
             markup=False,
         )
     return EXIT_BAD_INPUT if bad else EXIT_OK
 
 
-class _Writer:
+class Writer:
     """One output being streamed: JSON Lines, or a JSON report whose summary follows its hosts."""
 
     def __init__(self, handle: TextIO, lines: bool, head: ScanReport) -> None:
@@ -100,12 +100,12 @@ class _Writer:
             self.handle.write(line[:-1] if self.first else ",\n" + line[:-1])
         self.first = False
 
-    def close(self, report: ScanReport) -> None:
+    def close(self, summary: Summary) -> None:
         if self.lines:
-            self.handle.write(jsonl.trailer(report.summary))
+            self.handle.write(jsonl.trailer(summary))
         else:
-            summary = json.dumps(report.summary.model_dump(by_alias=True))
-            self.handle.write(f'\n],"summary":{summary}}}\n')
+            counts = json.dumps(summary.model_dump(by_alias=True))
+            self.handle.write(f'\n],"summary":{counts}}}\n')
 
 
 def stream_report(
@@ -126,15 +126,15 @@ def stream_report(
     judged = judge_stream(read_entries(path), judge, workers())
     try:
         with ExitStack() as stack, paused_gc(), closing(judged):
-            writers: list[_Writer] = []
+            writers: list[Writer] = []
             if args.output:
                 handle = stack.enter_context(open_output(args.output))
                 lines = is_jsonl_path(args.output) or (
                     args.output == STDOUT and args.format == "jsonl"
                 )
-                writers.append(_Writer(handle, lines, head))
+                writers.append(Writer(handle, lines, head))
             if args.output != STDOUT and args.format in ("json", "jsonl"):
-                writers.append(_Writer(sys.stdout, args.format == "jsonl", head))
+                writers.append(Writer(sys.stdout, args.format == "jsonl", head))
             for item in judged:
                 if isinstance(item, BadLine):
                     bad.append(item)
@@ -145,7 +145,7 @@ def stream_report(
             report = ScanReport.of(kept, candidate)
             report.generated_at = head.generated_at
             for writer in writers:
-                writer.close(report)
+                writer.close(report.summary)
     except OutputError as exc:
         stderr().print(f"fleetscan: {exc}", markup=False)
         status = EXIT_BAD_INPUT
