@@ -15,11 +15,13 @@ from scanner.cli.common import (
     check_output_path,
     emit,
     finish,
+    identify,
     load_rules_for,
     report_options,
     scope_of,
     warn_if_allowed,
 )
+from scanner.findings import ScanReport
 from scanner.inputs import hosts_from_facts_file, hosts_from_roots
 from scanner.stream import Judge
 
@@ -43,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
         check_fleet(hosts, args, str(path))
         return emit(build_report(rules, hosts, scope=scope), args)
     if streaming.large(path, args):
-        report, bad, status = streaming.stream_report(args, path, Judge(rules))
+        head = identify(ScanReport.of([]), rules, scope)
+        report, bad, status = streaming.stream_report(args, path, Judge(rules), head)
+        if not bad:
+            check_fleet({h.host: h for h in report.hosts}, args, str(path))
         status = finish(report, args, status)
     else:
         hosts, bad = streaming.read_small(path)

@@ -84,7 +84,10 @@ def run_gate(args: argparse.Namespace) -> int:
     path = Path(args.facts) if args.facts else None
     status = EXIT_OK
     if path is not None and streaming.streams(path) and streaming.large(path, args):
-        report, bad, status = streaming.stream_report(args, path, judge, candidate.identity)
+        head = identify(ScanReport.of([], candidate.identity), rules, scope_of(args))
+        report, bad, status = streaming.stream_report(args, path, judge, head)
+        if not bad:
+            check_fleet({h.host: h for h in report.hosts}, args, str(path))
     else:
         if path is not None and streaming.streams(path):
             hosts, bad = streaming.read_small(path)

@@ -18,7 +18,7 @@ from typing import TextIO
 
 from scanner.cli.common import EXIT_BAD_INPUT, EXIT_OK, is_jsonl_path, stderr, stdout
 from scanner.evaluate import paused_gc
-from scanner.findings import CandidateKernel, HostReport, ScanReport, Summary
+from scanner.findings import HostReport, ScanReport, Summary
 from scanner.inputs import Hosts
 from scanner.output import STDOUT, OutputError, open_output
 from scanner.report import jsonl, table
@@ -43,9 +43,11 @@ def streams(path: Path) -> bool:
 
 
 def large(path: Path, args: argparse.Namespace) -> bool:
-    """Stream this input? Waivers mark a whole report, and the --html page shows every host's
-    facts, so with --waivers or --html it is read whole."""
-    if getattr(args, "loaded_waivers", None) is not None or getattr(args, "html", None):
+    """Stream this input? Waivers mark a whole report, the --html page shows every host's
+    facts and sinks may send its evidence, so with --waivers, --html or a sink it is read
+    whole."""
+    whole = getattr(args, "loaded_waivers", None) is not None or getattr(args, "html", None)
+    if whole or getattr(args, "loaded_sinks", None):
         return False
     return path.stat().st_size > stream_bytes()
 
@@ -109,17 +111,20 @@ class Writer:
 
 
 def stream_report(
-    args: argparse.Namespace,
-    path: Path,
-    judge: Judge,
-    candidate: CandidateKernel | None = None,
+    args: argparse.Namespace, path: Path, judge: Judge, head: ScanReport
 ) -> tuple[ScanReport, list[BadLine], int]:
     """Judge a large input host by host, writing --output and JSON/JSONL stdout as it goes.
 
-    Returns the report with thin hosts (for the table, history and exit code), the lines that
-    were not hosts, and the status of writing (2 when an output failed).
+    `head` is the report without hosts (mode, candidate, rules, scope). Returns the report
+    with thin hosts (for the table, history and exit code), the lines that were not hosts,
+    and the status of writing (2 when an output failed).
     """
-    head = ScanReport.of([], candidate)
+
+    def whole(hosts: list[HostReport]) -> ScanReport:
+        report = ScanReport.of(hosts, head.candidate)
+        fields = {f: getattr(head, f) for f in jsonl.HEADER_FIELDS}
+        return report.model_copy(update=fields)
+
     kept: list[HostReport] = []
     bad: list[BadLine] = []
     status = EXIT_OK
@@ -142,14 +147,13 @@ def stream_report(
                 for writer in writers:
                     writer.host(item.line)
                 kept.append(item.report)
-            report = ScanReport.of(kept, candidate)
-            report.generated_at = head.generated_at
+            report = whole(kept)
             for writer in writers:
                 writer.close(report.summary)
     except OutputError as exc:
         stderr().print(f"fleetscan: {exc}", markup=False)
         status = EXIT_BAD_INPUT
-        report = ScanReport.of(kept, candidate)
+        report = whole(kept)
     if args.output != STDOUT and args.format == "table":
         stdout().print(table.build(report))
     return report, bad, status

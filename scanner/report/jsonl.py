@@ -15,7 +15,7 @@ from typing import Any
 from scanner.findings import HostReport, ScanReport, Summary
 
 # The keys of the report that are not per host: in the header, except the summary (trailer).
-HEADER_FIELDS = ("schema_version", "mode", "candidate", "tool", "generated_at", "rules", "scope")
+HEADER_FIELDS = tuple(f for f in ScanReport.model_fields if f not in ("hosts", "summary"))
 
 
 def header(report: ScanReport) -> str:
