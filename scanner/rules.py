@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from functools import cached_property
+import types
+from functools import cache, cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from packaging.version import InvalidVersion, Version
@@ -20,13 +21,15 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from scanner.facts import fact_paths
+from scanner.facts import SECTIONS, fact_paths
 from scanner.findings import RuleSet, Severity, Verdict
+from scanner.validation import problem
 
 KNOWN_FACTS = frozenset(fact_paths())
 TEMPLATE_FIELD = re.compile(r"\{([a-z_]+\.[a-z0-9_]+)\}")
@@ -41,6 +44,36 @@ def _known_fact(path: str) -> str:
     if path not in KNOWN_FACTS:
         raise ValueError(f"unknown fact {path!r}")
     return path
+
+
+@cache
+def _fact_type(path: str) -> TypeAdapter[Any]:
+    """The type a fact's values have (None, "not collected", aside): what a rule may compare
+    it with."""
+    section, _, field = path.partition(".")
+    annotation: Any = SECTIONS[section].model_fields[field].annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        rest = tuple(arg for arg in get_args(annotation) if arg is not type(None))
+        annotation = rest[0] if len(rest) == 1 else Union[rest]  # noqa: UP007
+    return TypeAdapter(annotation)
+
+
+def check_fact_value(path: str, value: Any) -> str | None:
+    """Why `value` can never be a value of fact `path` (wrong type, not in its enum), or None.
+
+    Strict: YAML's `yes` is not a bool here and 1 is not a string; equality would never hold.
+    """
+    if value is None:
+        return None
+    try:
+        _fact_type(path).validate_python(value, strict=True)
+    except ValidationError as exc:
+        return problem(exc.errors()[0])
+    return None
+
+
+def _accepts_strings(path: str) -> bool:
+    return check_fact_value(path, "0") is None
 
 
 class _Strict(BaseModel):
@@ -76,6 +109,14 @@ class FactCondition(_Strict):
                     Version(bound)
                 except InvalidVersion:
                     raise ValueError(f"{name}: {bound!r} is not a version") from None
+                if not _accepts_strings(self.fact):
+                    raise ValueError(f"{name}: {self.fact} is not a version string")
+        operands = {"equals": [self.equals], "in_": self.in_ or []}.get(operators[0], [])
+        for index, operand in enumerate(operands):
+            wrong = check_fact_value(self.fact, operand)
+            if wrong:
+                where = "equals" if operators[0] == "equals" else f"in.{index}"
+                raise ValueError(f"{where}: {wrong} (for {self.fact})")
         return self
 
     @cached_property
@@ -175,8 +216,11 @@ class RuleTest(_Strict):
     @field_validator("facts")
     @classmethod
     def _paths(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for path in value:
+        for path, fact in value.items():
             _known_fact(path)
+            wrong = check_fact_value(path, fact)
+            if wrong:
+                raise ValueError(f"{path}: {wrong}")
         return value
 
 

@@ -43,21 +43,26 @@ def show(value: Any) -> str:
     return text if len(text) <= SHOWN else text[: SHOWN - 3] + "..."
 
 
-def _one(error: Any, prefix: str) -> str:
-    where = prefix + ".".join(str(part) for part in error["loc"])
+def problem(error: Any) -> str:
+    """What is wrong with one error's value, without its location."""
     kind = error["type"]
     value = show(error.get("input"))
     if kind == "missing":
-        return f"{where}: missing"
+        return "missing"
     if kind == "extra_forbidden":
-        return f"{where}: not a known field"
+        return "not a known field"
     if kind in _NOT:
-        return f"{where}: {value} is not {_NOT[kind]}"
+        return f"{value} is not {_NOT[kind]}"
     if kind in ("literal_error", "enum"):
         expected = (error.get("ctx") or {}).get("expected", "")
-        return f"{where}: {value} is not one of {expected}"
+        return f"{value} is not one of {expected}"
     message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{where}: {value}: {message}"
+    return f"{value}: {message}"
+
+
+def _one(error: Any, prefix: str) -> str:
+    where = prefix + ".".join(str(part) for part in error["loc"])
+    return f"{where}: {problem(error)}" if where else problem(error)
 
 
 def describe(exc: ValidationError, prefix: str = "", most: int = 3) -> str:
