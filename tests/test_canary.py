@@ -51,6 +51,32 @@ def _maps() -> list[str]:
     return Path("/proc/self/maps").read_text().splitlines()
 
 
+def _kvm_fds() -> dict[str, str]:
+    """This process's open KVM objects: fd -> anon_inode:kvm-vm, anon_inode:kvm-vcpu:0, ..."""
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("anon_inode:kvm-"):
+            out[fd] = target
+    return out
+
+
+def _guest_memory(before: list[str], during: list[str]) -> list[str]:
+    """Private anonymous read-write mappings of exactly the guest slot's size that appeared
+    while the guest ran."""
+    new = set(during) - set(before)
+    found = []
+    for line in new:
+        fields = line.split()
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if end - start == canary.SLOT_SIZE and fields[1] == "rw-p" and len(fields) == 5:
+            found.append(fields[0])
+    return found
+
+
 def _run_script(*args: str, python: str = sys.executable) -> dict[str, Any]:
     proc = subprocess.run(
         [python, str(CANARY), *args], capture_output=True, text=True, timeout=30, check=False
@@ -93,11 +119,22 @@ def test_healthy_path_stats_show_one_hlt_exit() -> None:
     stats = result["stats"]
     assert stats["exits"] >= 1
     assert stats["halt_exits"] == 1
-    if "kvm_pvm" in result["kvm_modules"]:
-        # Observed on this machine: kvm_pvm cannot run real mode on the CPU, so KVM's
-        # instruction emulator executed the hlt (no NPT involved at all).
+    # Which backend runs the guest, read from /sys/module here rather than from the result.
+    backends = sorted(
+        m for m in ("kvm_amd", "kvm_intel", "kvm_pvm") if Path("/sys/module", m).is_dir()
+    )
+    assert result["kvm_modules"] == [m for m in result["kvm_modules"] if m in backends]
+    assert set(result["kvm_modules"]) == set(backends)
+    if backends == ["kvm_pvm"]:
+        # kvm_pvm cannot run real mode on the CPU, so KVM's instruction emulator executed
+        # the hlt (no NPT involved at all).
         assert stats["insn_emulation"] >= 1
         assert result["emulated"] is True
+    elif "kvm_pvm" not in backends:
+        # SVM and VMX (unrestricted guest) run real mode in hardware; HLT is intercepted,
+        # not emulated, so the guest really ran on the CPU's nested paging.
+        assert stats["insn_emulation"] == 0
+        assert result["emulated"] is False
     assert result["emulated"] is (stats["insn_emulation"] > 0)
 
 
@@ -117,9 +154,18 @@ def test_timeout_path_spin_guest_is_interrupted_and_cleans_up() -> None:
         timer_before = signal.getitimer(signal.ITIMER_REAL)
         fds_before = _fds()
         maps_before = _maps()
+        during: dict[str, Any] = {}
+
+        def look_while_it_spins() -> None:
+            time.sleep(0.1)
+            during["maps"], during["kvm_fds"] = _maps(), _kvm_fds()
+
+        watcher = threading.Thread(target=look_while_it_spins)
+        watcher.start()
         wall = time.monotonic()
         result = canary.run_canary(KVM, timeout=0.3, guest="spin")
         wall = time.monotonic() - wall
+        watcher.join()
         maps_after = _maps()
         fds_after = _fds()
 
@@ -131,9 +177,17 @@ def test_timeout_path_spin_guest_is_interrupted_and_cleans_up() -> None:
         assert wall < 0.3 + 1.0
         assert 0.3 * 1000 * 0.9 <= result["elapsed_ms"] < (0.3 + 1.0) * 1000
 
+        # While it ran: the VM and vCPU fds, the vCPU's run area and the guest's memory.
+        # (kvm-vcpu-stats too, where KVM has binary stats)
+        assert {"anon_inode:kvm-vm", "anon_inode:kvm-vcpu:0"} <= set(during["kvm_fds"].values())
+        assert [m for m in during["maps"] if "kvm-vcpu" in m]
+        guest = _guest_memory(maps_before, during["maps"])
+        assert len(guest) == 1, guest
+        # After: all of them gone (other mappings may come and go with the allocator).
         assert fds_after == fds_before
+        assert _kvm_fds() == {}
         assert not [m for m in maps_after if "kvm" in m]
-        assert len(maps_after) == len(maps_before), set(maps_after) ^ set(maps_before)
+        assert not [m for m in maps_after if m.split()[0] == guest[0]]
 
         assert signal.getsignal(signal.SIGALRM) is sentinel
         delay, interval = signal.getitimer(signal.ITIMER_REAL)

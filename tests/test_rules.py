@@ -226,9 +226,18 @@ def test_finding_names_missing_fact_and_reason(bundled: list[Rule]) -> None:
     finding = evaluate_rule(rule, "h1", DictFactSource(facts))
     assert finding.verdict is Verdict.UNKNOWN
     assert "cpu.la57_enabled (cpu.la57_enabled: not given)" in finding.reason
-    assert [e.fact for e in finding.evidence][:1] == ["cpu.arch"] or any(
-        e.fact == "cpu.la57_enabled" for e in finding.evidence
-    )
+    evidence = {e.fact: e for e in finding.evidence}
+    # The applicability facts given, in the rule's order, with where they came from...
+    assert [e.fact for e in finding.evidence][:4] == [
+        "cpu.arch",
+        "cpu.vendor",
+        "cpu.la57_capable",
+        "kvm.amd_available",
+    ]
+    assert (evidence["cpu.arch"].value, evidence["cpu.arch"].source) == ("x86_64", "test case")
+    # ...and the missing one as missing, with no value made up.
+    missing = evidence["cpu.la57_enabled"]
+    assert (missing.value, missing.source) == (None, "cpu.la57_enabled: not given")
     affected = evaluate_rule(rule, "h1", DictFactSource({**facts, "cpu.la57_enabled": True}))
     assert affected.verdict is Verdict.AFFECTED
     assert affected.remediation
