@@ -199,6 +199,19 @@ def kstrtobool(text: str | None) -> bool | None:
     return None
 
 
+def _kb_build(facts: HostFacts) -> tuple[bool, str] | None:
+    """How the knowledge base says the stream's kernels are built, when no config says."""
+    if facts.kernel.release is None:
+        return None
+    answer = knowledge.lookup(facts.os.id, facts.kernel.release, facts.kernel.version)
+    if answer.x86_5level is None:
+        return None
+    return (
+        answer.x86_5level == "y",
+        f"CONFIG_X86_5LEVEL={answer.x86_5level} in {answer.stream} kernels ({answer.source})",
+    )
+
+
 def _derive_five_level(facts: HostFacts) -> None:
     """Can the kernel run 5-level paging? From its config, and from its version from 6.16.
 
@@ -229,6 +242,8 @@ def _derive_five_level(facts: HostFacts) -> None:
             f" (7212b58d6d71 removed CONFIG_X86_5LEVEL; kernel.release from"
             f" {fact_source(facts, 'kernel.release')})"
         )
+    elif (built := _kb_build(facts)) is not None:
+        value, why = built
     else:
         value = None
         why = (
@@ -294,6 +309,18 @@ def _derive_kvm(facts: HostFacts) -> None:
         _derived(facts, "kvm.npt_enabled", None, fact_why(facts, "kvm.npt_param"))
 
     kvm.signals = fix_signals(facts)
+    answer = (
+        knowledge.lookup(facts.os.id, facts.kernel.release, facts.kernel.version)
+        if facts.kernel.release
+        else None
+    )
+    kvm.kb_state = answer.state if answer is not None else None
+    if answer is not None and answer.state is not None:
+        facts.provenance["kvm.kb_state"] = provenance(source=answer.source)
+    else:
+        facts.provenance["kvm.kb_state"] = provenance(
+            reason=answer.detail if answer is not None else fact_why(facts, "kernel.release")
+        )
     _decide_fix(facts)
     _derive_state(facts)
 
@@ -358,7 +385,11 @@ def _derive_state(facts: HostFacts) -> None:
     if kvm.fix == "present":
         kvm.state = "fixed"
     elif kvm.fix == "absent" and (
-        refusal_seen or in_refusal_window or facts.kernel.changelog_refusal
+        refusal_seen
+        or in_refusal_window
+        or facts.kernel.changelog_refusal
+        # The stream's release refuses (RHEL 8.5), unless its own kvm-amd.ko says otherwise.
+        or (kvm.kb_state == "refuses" and kvm.amd_refusal_string is not False)
     ):
         kvm.state = "refuses"
     elif kvm.fix == "absent":
@@ -372,6 +403,8 @@ def _derive_state(facts: HostFacts) -> None:
         why = (
             "refusal evidence"
             if refusal_seen
+            else f"knowledge base: {kvm.kb_stream} {kvm.kb_state}"
+            if kvm.kb_state is not None and not in_refusal_window
             else f"kernel.base_version={facts.kernel.base_version}"
         )
         facts.provenance["kvm.state"] = provenance(source=f"kvm.fix={kvm.fix}, {why}")

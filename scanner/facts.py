@@ -156,6 +156,8 @@ class KvmFacts(_Section):
     contradiction: bool | None = None
     contradiction_detail: str | None = None
     kb_stream: str | None = None
+    # What the knowledge base says about this kernel's stream and release, when it knows.
+    kb_state: KvmState | None = None
     state: KvmState = "unknown"
 
 

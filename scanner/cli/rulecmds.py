@@ -36,8 +36,18 @@ def run_test(args: argparse.Namespace) -> int:
             print(
                 f"     expected {expected}, got {result.finding.verdict.value}: {result.finding.reason}"
             )
-    print(f"{len(results) - len(failures)} passed, {len(failures)} failed")
-    return EXIT_FINDINGS if failures else EXIT_OK
+    from scanner import knowledge
+
+    kb_results = knowledge.run_tests()
+    kb_failures = [r for r in kb_results if not r.passed]
+    for kb in kb_results:
+        print(f"{'ok  ' if kb.passed else 'FAIL'} knowledge base {kb.name}")
+        if not kb.passed:
+            print(f"     got {kb.got} (x86_5level {kb.x86_5level})")
+    total = len(results) + len(kb_results)
+    failed = len(failures) + len(kb_failures)
+    print(f"{total - failed} passed, {failed} failed")
+    return EXIT_FINDINGS if failed else EXIT_OK
 
 
 def run_schema(args: argparse.Namespace) -> int:
