@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 
 from scanner.derive import load_facts
 from scanner.facts import FactsError, HostFacts
-from scanner.findings import HostError
+from scanner.findings import SCHEMA_VERSION, HostError
 from scanner.ingest import from_probe
 from scanner.validation import describe, show
 
@@ -96,7 +97,42 @@ def _recorded_hostname(document: dict[str, Any]) -> str | None:
     return None
 
 
+_VERSION = re.compile(rb'"schema_version"\s*:\s*("[^"]*"|[^,}\s]+)')
+
+
+def check_schema_version(value: Any, where: str) -> None:
+    """A report this fleetscan can read: schema_version changes only when the format changes
+    incompatibly, so a newer one is refused (exit 2) rather than misread into verdicts."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(f"{where}: schema_version: {show(value)} is not a report version")
+    if value > SCHEMA_VERSION:
+        raise InputError(
+            f"{where}: schema_version {value} is newer than this fleetscan reads "
+            f"({SCHEMA_VERSION}); read it with a newer fleetscan"
+        )
+
+
+def check_report_version(path: Path) -> None:
+    """Refuse a saved report (JSON or JSON Lines) of a newer schema_version before reading it;
+    the version is the report's first key (the header line of JSON Lines)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(64 << 10)
+    except OSError:
+        return  # the reader names the file and why
+    match = _VERSION.search(head)
+    if match is None:
+        return
+    try:
+        value = json.loads(match.group(1))
+    except ValueError:
+        value = match.group(1).decode(errors="replace")
+    check_schema_version(value, str(path))
+
+
 def _from_report(path: Path, document: dict[str, Any]) -> Hosts:
+    if "schema_version" in document:
+        check_schema_version(document["schema_version"], str(path))
     entries = document.get("hosts")
     if not isinstance(entries, list):
         raise InputError(

@@ -22,7 +22,7 @@ from scanner.cli.common import (
     warn_if_allowed,
 )
 from scanner.findings import ScanReport
-from scanner.inputs import hosts_from_facts_file, hosts_from_roots
+from scanner.inputs import check_report_version, hosts_from_facts_file, hosts_from_roots
 from scanner.stream import Judge
 
 
@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
             args,
         )
     path = Path(args.facts)
+    if path.is_file():
+        check_report_version(path)
     if not streaming.streams(path):
         hosts = hosts_from_facts_file(path)
         check_fleet(hosts, args, str(path))

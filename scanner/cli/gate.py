@@ -28,7 +28,7 @@ from scanner.cli.common import (
 from scanner.cli.sweep import swept_hosts
 from scanner.evaluate import paused_gc
 from scanner.findings import HostReport, ScanReport, Verdict
-from scanner.inputs import hosts_from_facts_file, hosts_from_roots
+from scanner.inputs import check_report_version, hosts_from_facts_file, hosts_from_roots
 from scanner.report import junit as junit_report
 from scanner.report import kernel as kernel_report
 from scanner.report import table
@@ -82,6 +82,8 @@ def run_gate(args: argparse.Namespace) -> int:
         blocking.add(Verdict.UNKNOWN)
     bad: list[BadLine] = []
     path = Path(args.facts) if args.facts else None
+    if path is not None and path.is_file():
+        check_report_version(path)
     status = EXIT_OK
     if path is not None and streaming.streams(path) and streaming.large(path, args):
         head = identify(ScanReport.of([], candidate.identity), rules, scope_of(args))

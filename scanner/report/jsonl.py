@@ -37,19 +37,21 @@ def render(report: ScanReport) -> str:
 
 def schema() -> dict[str, Any]:
     """JSON Schemas of the three kinds of line, under one document (`fleetscan schema --jsonl`)."""
+    from scanner.report.json import growable, pin_version
+
     report = ScanReport.model_json_schema(by_alias=True, mode="serialization")
+    growable(report)
+    pin_version(report["properties"])
     definitions = report.pop("$defs", {})
     header_schema = {
         "type": "object",
         "properties": {k: report["properties"][k] for k in HEADER_FIELDS},
         "required": ["schema_version", "tool", "generated_at", "mode"],
-        "additionalProperties": False,
     }
     trailer_schema = {
         "type": "object",
         "properties": {"summary": {"$ref": "#/$defs/Summary"}},
         "required": ["summary"],
-        "additionalProperties": False,
     }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -58,7 +60,8 @@ def schema() -> dict[str, Any]:
         "description": (
             "Line 1 is the header, each following line one host (an element of the JSON "
             "report's hosts), the last line the trailer with the summary. Each line "
-            "validates against exactly one of these."
+            "validates against exactly one of these. Fields may be added: readers ignore "
+            "what they do not know."
         ),
         "oneOf": [
             {"$ref": "#/$defs/JsonlHeader"},
