@@ -60,6 +60,24 @@ def host_from_entry(entry: dict[str, Any], where: str) -> HostFacts | HostError:
     return host_from_raw(name, entry["facts"], where)
 
 
+_CACHE_SCHEMA = re.compile(r"^s\d+_(.+)$")
+
+
+def cached_facts(file_name: str, document: Any) -> tuple[str, Any]:
+    """(host, facts) of one jsonfile fact-cache file.
+
+    ansible-core 2.19 and later name the file `s<schema>_<host>` and wrap the facts as a JSON
+    string under `__payload__`; earlier releases name it `<host>` and store the facts as is.
+    """
+    match = _CACHE_SCHEMA.match(file_name)
+    if match and isinstance(document, dict) and isinstance(document.get("__payload__"), str):
+        try:
+            return match.group(1), json.loads(document["__payload__"])
+        except ValueError:
+            return match.group(1), document
+    return file_name, document
+
+
 def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -161,12 +179,12 @@ def hosts_from_facts_file(path: Path) -> Hosts:
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         hosts: Hosts = {}
         for file in files:
-            document = _load_json(file)
+            name, document = cached_facts(file.name, _load_json(file))
             if _is_host_entry(document):
-                hosts[file.name] = host_from_raw(file.name, document, str(file))
+                hosts[name] = host_from_raw(name, document, str(file))
             else:
                 # A host of the cache all the same (its file name): unknown, never dropped.
-                hosts[file.name] = HostError(
+                hosts[name] = HostError(
                     kind="unparsable",
                     message=f"{file}: no fleetscan_probe fact (got {_json_kind(document)})",
                 )

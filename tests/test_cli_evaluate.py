@@ -196,7 +196,7 @@ def test_facts_file_forms(
             "fleetscan: --root /nonexistent/tree: not a directory",
         ),
         (["evaluate", "--facts", "/nonexistent.json"], "fleetscan: /nonexistent.json: cannot read"),
-        (["evaluate"], "fleetscan: evaluate: give either --root DIR"),
+        (["evaluate"], "fleetscan: evaluate: give one of --root DIR"),
         (
             ["evaluate", "--root", "/", "--output", "/nonexistent/dir/r.json"],
             "directory /nonexistent/dir does not exist",

@@ -89,6 +89,8 @@ def scope_of(args: argparse.Namespace) -> str:
         return f"{len(names)} extracted tree(s): {shown}"
     if getattr(args, "facts", None):
         return f"saved facts {args.facts}"
+    if getattr(args, "artifacts", None):
+        return f"ansible-runner artifacts {args.artifacts}"
     where = f"inventory {args.inventory}" if getattr(args, "inventory", None) else "this host"
     if getattr(args, "limit", None):
         where += f" (limit {args.limit})"

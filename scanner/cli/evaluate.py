@@ -31,9 +31,19 @@ def run(args: argparse.Namespace) -> int:
     after.prepare(args, rules)
     check_output_path(args.output)
     check_output_path(args.html, "--html")
-    if bool(args.root) == bool(args.facts):
-        raise UsageError("evaluate: give either --root DIR (repeatable) or --facts FILE")
+    if sum((bool(args.root), bool(args.facts), bool(args.artifacts))) != 1:
+        raise UsageError(
+            "evaluate: give one of --root DIR (repeatable), --facts FILE or --artifacts DIR"
+        )
     scope = scope_of(args)
+    if args.artifacts:
+        from scanner.artifacts import hosts_from_artifacts
+
+        hosts, bad = hosts_from_artifacts(Path(args.artifacts))
+        if not bad:
+            check_fleet(hosts, args, f"--artifacts {args.artifacts}")
+        status = emit(build_report(rules, hosts, scope=scope), args)
+        return max(status, streaming.report_bad_lines(bad))
     if args.root:
         return emit(
             build_report(rules, hosts_from_roots(args.root, warn_if_allowed(args)), scope=scope),
@@ -71,6 +81,12 @@ def register(commands: Any) -> None:
         metavar="FILE",
         help="a saved report (JSON or JSON Lines), probe output, JSON Lines of"
         ' {"host": ..., "probe": ...}, or a fact-cache directory',
+    )
+    evaluate.add_argument(
+        "--artifacts",
+        metavar="DIR",
+        help="an ansible-runner artifacts directory (as an AWX job leaves it): job_events"
+        " and fact_cache of a sweep.yml run",
     )
     report_options(evaluate)
     allow_empty_option(evaluate)
