@@ -3,7 +3,8 @@
 `ansible-inventory` tries every enabled inventory plugin and prints each one's failure. For a
 YAML file with a syntax error the last one is the INI plugin's ("Invalid host pattern 'all:'"),
 which says nothing useful: the plugin that speaks for a file is the one Ansible picks by its
-name (auto and yaml for .yml/.yaml/.json, toml for .toml, ini otherwise), and its message is
+name (auto and yaml for .yml/.yaml/.json, toml for .toml, ini otherwise; a file without a
+suffix is YAML when its first line is a mapping key such as `all:`), and its message is
 reported with the file, line and column Ansible gives. Where Ansible's yaml plugin gives no
 position (a .json file), the position comes from parsing the file with PyYAML, as Ansible does.
 """
@@ -35,6 +36,8 @@ _BY_SUFFIX = {
     ".toml": ("toml",),
 }
 _DEFAULT = ("ini", "script", "host_list")
+# A file without a suffix is tried by the yaml plugin too; its first line says which it is.
+_YAML_KEY = re.compile(r"^(---|[\w.-]+:)\s*(#.*)?$")
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,23 @@ def _yaml_position(path: Path) -> str | None:
     return None
 
 
+def _speakers(source: Path) -> tuple[str, ...]:
+    """The plugins that speak for `source`, by its name and, without a suffix, its first line."""
+    suffix = source.suffix.lower()
+    if suffix in _BY_SUFFIX:
+        return _BY_SUFFIX[suffix]
+    if not suffix:
+        try:
+            with source.open(encoding="utf-8", errors="replace") as handle:
+                for raw in handle:
+                    line = raw.strip()
+                    if line and not line.startswith(("#", ";")):
+                        return ("yaml", *_DEFAULT) if _YAML_KEY.match(line) else _DEFAULT
+        except OSError:
+            pass
+    return _DEFAULT
+
+
 def explain(text: str, source: Path, shown: str) -> str | None:
     """One line for the user: `FILE[:LINE:COLUMN]: Ansible's message`, FILE as given (`shown`).
 
@@ -89,7 +109,7 @@ def explain(text: str, source: Path, shown: str) -> str | None:
     found = failures(text)
     if not found:
         return None
-    order = _BY_SUFFIX.get(source.suffix.lower(), _DEFAULT)
+    order = _speakers(source)
     ranked = sorted(
         found,
         key=lambda f: (

@@ -34,6 +34,12 @@ def sweep_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
             '{"all": {"hosts": ["a"',
             ":1:23: YAML parsing failed: While parsing a flow sequence did not find expected",
         ),
+        # No suffix: Ansible tries YAML too, and a first line `all:` says it is YAML.
+        (
+            "hosts-yaml",
+            "# fleet\nall:\n  hosts:\n    a:\n   b: [\n",
+            ":5:4: YAML parsing failed: While parsing a block mapping did not find expected key.",
+        ),
         # An INI file: the INI plugin speaks for it.
         (
             "hosts",
