@@ -242,3 +242,36 @@ def test_a_host_that_never_reports_gets_its_own_reason() -> None:
     assert _silent_reason(None, "canceled", 254, "", stopped).message == (
         "SIGINT before the probe started"
     )
+
+
+def _writer_once_read(run: Run, fifo: Path) -> int:
+    """Open the FIFO's write end once fleetscan holds its read end (ENXIO until then)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            if run.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(
+                    f"fleetscan never read {fifo}: {run.stderr.read_text()}"
+                ) from None
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_outside_the_sweep_exits_with_its_code(tmp_path: Path, signum: int) -> None:
+    """evaluate blocked reading its input (a FIFO that never ends): 130 or 143, one line."""
+    fifo = tmp_path / "facts"
+    os.mkfifo(fifo)
+    with fleetscan(tmp_path, "evaluate", "--facts", str(fifo)) as run:
+        writer = _writer_once_read(run, fifo)
+        try:
+            os.write(writer, b'{"half": ')  # fleetscan now waits for the rest
+            time.sleep(0.2)
+            os.kill(run.process.pid, signum)
+            run.process.wait(timeout=30)
+        finally:
+            os.close(writer)
+    assert run.process.returncode == 128 + signum
+    assert run.stderr.read_text() == "fleetscan: interrupted\n"
+    assert run.stdout.read_text() == ""
