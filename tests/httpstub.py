@@ -42,7 +42,9 @@ App = Callable[[Request], Response]
 
 @dataclass
 class Fault:
-    kind: str  # "status", "stall" or "drop"
+    # "status" (answered before the app acts), "after" (the app acts, then this status is
+    # answered instead), "stall" (no answer for `seconds`) or "drop" (connection closed).
+    kind: str
     status: int = 500
     headers: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
@@ -103,6 +105,12 @@ class StubServer:
                     if fault.kind == "drop":
                         self.connection.shutdown(socket.SHUT_RDWR)
                         self.close_connection = True
+                        return
+                    if fault.kind == "after":
+                        with stub._lock:
+                            stub.requests.append(request)
+                            stub.app(request)
+                        self._answer(fault.status, fault.headers, {"error": "injected"})
                         return
                     if fault.kind == "stall":
                         time.sleep(fault.seconds)

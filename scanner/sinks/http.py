@@ -63,6 +63,24 @@ def timeout(spec: SinkSpec) -> tuple[float, float]:
     return (min(read, 10.0), read)
 
 
+WORDS = {
+    "ReadTimeoutError": "timed out waiting for an answer",
+    "ConnectTimeoutError": "timed out connecting",
+    "NewConnectionError": "cannot connect",
+    "ProtocolError": "connection dropped without an answer",
+    "ResponseError": "too many error answers",
+}
+
+
+def why(exc: requests.RequestException) -> str:
+    """The last underlying failure (after urllib3's retries), in words; no URL, no header."""
+    inner = exc.args[0] if exc.args and isinstance(exc.args[0], Exception) else exc
+    last = getattr(inner, "reason", None) or inner
+    name = type(last).__name__
+    retried = " (after retries)" if type(inner).__name__ == "MaxRetryError" else ""
+    return f"{WORDS.get(name, 'request failed')}{retried}: {name}"
+
+
 def request(
     http: requests.Session, spec: SinkSpec, method: str, url: str, **kwargs: Any
 ) -> requests.Response:
@@ -73,11 +91,7 @@ def request(
     except SinkError:
         raise
     except requests.RequestException as exc:
-        reason = type(exc).__name__
-        cause = exc.__context__ or exc
-        raise SinkError(
-            f"{spec.name}: {method} {path}: {reason} ({type(cause).__name__})"
-        ) from None
+        raise SinkError(f"{spec.name}: {method} {path}: {why(exc)}") from None
     if not response.ok:
         raise SinkError(f"{spec.name}: {method} {path}: HTTP {response.status_code}")
     return response
