@@ -16,7 +16,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from scanner.derive import load_facts
-from scanner.facts import HostFacts, Provenance
+from scanner.emulate import (
+    EmulatedBoot,
+    EmulateError,
+    Emulation,
+    boot_files,
+    qemu_binary,
+    run_boots,
+)
+from scanner.facts import AMD_VENDORS, HostFacts, Provenance
 from scanner.findings import CandidateKernel
 from scanner.ingest import from_probe
 from scanner.kernelpkg import PackageError, extract_kernel
@@ -63,24 +71,41 @@ def _runtime_signals_not_applicable(candidate: Candidate) -> Candidate:
     return candidate
 
 
-def inspect(path: Path) -> Candidate:
-    """Extract only what the probe reads, probe it, and keep the facts (the tree is removed)."""
+def inspect(path: Path, emulate_timeout: float | None = None) -> Candidate:
+    """Extract only what the probe reads, probe it, and keep the facts (the tree is removed).
+
+    With `emulate_timeout`, the kernel image and KVM modules come out too, and the candidate
+    is booted under QEMU (5-level paging, then no5lvl) with the canary inside.
+    """
     from scanner.probe import probe_host
 
     if not path.exists():
         raise CandidateError(f"{path}: no such file or directory")
+    emulation = None
     with tempfile.TemporaryDirectory(prefix="fleetscan-kernel-") as scratch:
         try:
-            extracted = extract_kernel(path, Path(scratch))
+            if emulate_timeout is None:
+                extracted = extract_kernel(path, Path(scratch))
+            else:
+                qemu_binary()  # before minutes of extraction
+                files = boot_files(path, Path(scratch))
+                extracted = files.extracted
         except PackageError as exc:
             raise CandidateError(str(exc)) from None
+        except EmulateError as exc:
+            raise CandidateError(str(exc)) from None
         facts = from_probe(probe_host(str(extracted.root)))
-    if facts.kernel.release is None:
-        raise CandidateError(f"{path}: no kernel release found")
-    if facts.kernel.config_kvm is None:
-        raise CandidateError(
-            f"{path}: no kernel config (boot/config-{extracted.release}) in the package"
-        )
+        if facts.kernel.release is None:
+            raise CandidateError(f"{path}: no kernel release found")
+        if facts.kernel.config_kvm is None:
+            raise CandidateError(
+                f"{path}: no kernel config (boot/config-{extracted.release}) in the package"
+            )
+        if emulate_timeout is not None:
+            try:
+                emulation = run_boots(files, emulate_timeout)
+            except EmulateError as exc:
+                raise CandidateError(str(exc)) from None
     return _runtime_signals_not_applicable(
         Candidate(
             identity=CandidateKernel(
@@ -90,6 +115,7 @@ def inspect(path: Path) -> Candidate:
                 package=extracted.package,
                 version=extracted.version,
                 decided_by="kernel binaries",
+                emulation=emulation,
             ),
             facts=facts,
         )
@@ -185,5 +211,37 @@ def predict(host: HostFacts, candidate: Candidate) -> HostFacts:
     provenance["cpu.la57_predicted"] = (
         Provenance(source=why) if la57 is not None else Provenance(reason=why)
     )
+    emulation = candidate.identity.emulation
+    if emulation is not None and host.cpu.vendor in AMD_VENDORS and la57 is not None:
+        boot = emulation.boot("5-level" if la57 else "no5lvl")
+        if boot is not None:
+            _observed(kvm, provenance, boot, emulation, label)
     data["provenance"] = provenance
     return load_facts(data)
+
+
+def _observed(
+    kvm: dict[str, Any],
+    provenance: dict[str, Provenance],
+    boot: EmulatedBoot,
+    emulation: Emulation,
+    label: str,
+) -> None:
+    """The emulated boot's canary, as if the host had run it after the reboot.
+
+    Only for AMD hosts: QEMU emulates an AMD CPU with SVM, so its observation says nothing
+    about VMX. The boot is the one whose paging the host will run (5-level or no5lvl).
+    """
+    where = (
+        f"observed: {label} booted under {emulation.qemu} "
+        f"(-accel {emulation.accel} -cpu {emulation.cpu}, {boot.paging}), canary inside"
+    )
+    if boot.outcome == "unavailable":
+        for fact in ("canary_outcome", "canary_detail", "canary_emulated"):
+            provenance[f"kvm.{fact}"] = Provenance(reason=f"{where}: {boot.detail}")
+        return
+    kvm["canary_outcome"] = boot.outcome
+    kvm["canary_detail"] = boot.detail
+    kvm["canary_emulated"] = bool(boot.canary.get("emulated"))
+    for fact in ("canary_outcome", "canary_detail", "canary_emulated"):
+        provenance[f"kvm.{fact}"] = Provenance(source=where)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from scanner import __version__
+from scanner.emulate import Emulation
 from scanner.facts import HostFacts
 
 SCHEMA_VERSION = 1
@@ -144,6 +145,8 @@ class CandidateKernel(BaseModel):
     package: str | None = None
     version: str | None = None
     decided_by: Literal["kernel binaries", "version only"]
+    # The candidate booted under QEMU with the canary inside (--emulate): observed evidence.
+    emulation: Emulation | None = None
 
 
 class WaiverNotice(BaseModel):

@@ -252,7 +252,8 @@ def _os(build: _Builder) -> None:
             build.missing(f"os.{fact}", item.why() if not item.ok else f"{item.source}: no {key}")
 
 
-def _canary_detail(result: dict[str, Any]) -> str:
+def canary_detail(result: dict[str, Any]) -> str:
+    """One line for the canary's outcome (also used for the emulated candidate's canary)."""
     outcome = result.get("outcome")
     took = result.get("elapsed_ms")
     where = " in KVM's instruction emulator" if result.get("emulated") else ""
@@ -290,7 +291,7 @@ def _canary(build: _Builder) -> None:
             build.missing(f"kvm.{fact}", item.why())
         return
     build.set("kvm.canary_outcome", result["outcome"], item.source)
-    build.set("kvm.canary_detail", _canary_detail(result), item.source)
+    build.set("kvm.canary_detail", canary_detail(result), item.source)
     build.set("kvm.canary_emulated", bool(result.get("emulated")), item.source)
 
 

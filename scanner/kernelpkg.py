@@ -81,17 +81,21 @@ class ExtractedKernel:
     notes: tuple[str, ...] = field(default=())  # what was skipped or missing, one line each
 
 
-def extract_kernel(path: Path, dest: Path) -> ExtractedKernel:
+def extract_kernel(
+    path: Path, dest: Path, boot_modules: frozenset[str] | None = None
+) -> ExtractedKernel:
     """Extract what the probe reads from a kernel package at `path` into a new tree in `dest`.
 
     `path` is a .deb or .rpm (told apart by magic bytes) or a directory holding an extracted
     package or host tree, which is returned as it is (format "tree", nothing copied).
+    With `boot_modules` (module names, `-` and `_` alike), the kernel image (boot/vmlinuz-R)
+    and those modules are taken too, for booting the candidate (scanner.emulate).
     Raises PackageError for anything wrong with the package; OSError only for trouble
     writing to `dest`.
     """
     path = Path(path)
     if path.is_dir():
-        return _inspect_tree(path)
+        return _inspect_tree(path, boot_modules)
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or device would block or never end
             raise PackageError(f"{path}: not a regular file")
@@ -116,7 +120,7 @@ def extract_kernel(path: Path, dest: Path) -> ExtractedKernel:
         dest.mkdir(parents=True, exist_ok=True)
         stem = re.sub(r"[^A-Za-z0-9._+~-]", "_", path.name)[:80]
         root = Path(tempfile.mkdtemp(prefix=f"{stem}-", dir=dest))
-        out = _Tree(root, kind)
+        out = _Tree(root, kind, boot_modules)
         try:
             handle.seek(0)
             if kind == "deb":
@@ -385,12 +389,35 @@ def _wanted(path: str) -> tuple[str, int] | None:
     return None
 
 
+def module_name(filename: str) -> str | None:
+    """`kvm-amd.ko.xz` -> `kvm_amd`; None for a file that is not a module."""
+    for suffix in (".ko", ".ko.xz", ".ko.zst", ".ko.gz"):
+        if filename.endswith(suffix):
+            return filename[: -len(suffix)].replace("-", "_")
+    return None
+
+
+def _boot_wanted(path: str, modules: frozenset[str]) -> tuple[str, int] | None:
+    """What booting the kernel needs beyond the probe: its image and the named modules."""
+    if path.startswith("boot/vmlinuz-") and _RELEASE_RE.fullmatch(path[len("boot/vmlinuz-") :]):
+        return path, 2
+    match = _MODULES_RE.match(path)
+    if match:
+        rest = path[match.end() :]
+        if rest == "vmlinuz":  # RPM kernels ship the image here
+            return f"boot/vmlinuz-{match.group(1)}", 1
+        if rest.startswith("kernel/") and module_name(rest.rsplit("/", 1)[-1]) in modules:
+            return path, 2
+    return None
+
+
 class _Tree:
     """The tree being written: which members to take, the checks, and the final layout."""
 
-    def __init__(self, root: Path, kind: str) -> None:
+    def __init__(self, root: Path, kind: str, boot_modules: frozenset[str] | None = None) -> None:
         self.root = root
         self.kind = kind
+        self.boot_modules = boot_modules
         self.package: str | None = None
         self.version: str | None = None
         self.changelog: bytes | None = None  # RPM header changelog, in `rpm -q --changelog` form
@@ -438,6 +465,8 @@ class _Tree:
                     f"{path} is a symlink to {entry.linkname}: its changelog is not in this package"
                 )
         wanted = _wanted(path)
+        if wanted is None and self.boot_modules is not None:
+            wanted = _boot_wanted(path, self.boot_modules)
         if wanted is None:
             return
         target, priority = wanted
@@ -603,7 +632,7 @@ def _parents(path: str) -> Iterator[str]:
 
 
 def _release_of(relative: str) -> str | None:
-    for prefix in ("boot/config-", "boot/System.map-"):
+    for prefix in ("boot/config-", "boot/System.map-", "boot/vmlinuz-"):
         if relative.startswith(prefix):
             return relative[len(prefix) :]
     match = _MODULES_RE.match(relative)
@@ -936,7 +965,7 @@ def _cpio_entries(stream: _Readable) -> Iterator[_Entry]:
 # --- a directory -------------------------------------------------------------------------------
 
 
-def _inspect_tree(directory: Path) -> ExtractedKernel:
+def _inspect_tree(directory: Path, boot_modules: frozenset[str] | None = None) -> ExtractedKernel:
     """An extracted package or host tree, read in place."""
     boot = directory / "boot"
     try:
@@ -982,6 +1011,16 @@ def _inspect_tree(directory: Path) -> ExtractedKernel:
     for stem in ("kvm.ko", "kvm-amd.ko"):
         for suffix in ("", ".xz", ".zst", ".gz"):
             candidates.append(f"lib/modules/{release}/{_KVM_DIR}/{stem}{suffix}")
+    if boot_modules is not None:
+        candidates.append(f"boot/vmlinuz-{release}")
+        kernel_dir = directory / "lib/modules" / release / "kernel"
+        if kernel_dir.is_dir():
+            for dirpath, _dirs, names in os.walk(kernel_dir):
+                for name in names:
+                    if module_name(name) in boot_modules:
+                        candidates.append(
+                            str((Path(dirpath) / name).relative_to(directory)).replace(os.sep, "/")
+                        )
     found = []
     for relative in candidates:
         try:

@@ -43,8 +43,17 @@ def _candidate(args: argparse.Namespace) -> Candidate:
 
     if bool(args.kernel) == bool(args.kernel_version):
         raise UsageError("give either --kernel PATH or --kernel-version RELEASE")
+    if args.emulate and not args.kernel:
+        raise UsageError("--emulate needs a kernel to boot: give --kernel PATH")
+    if not 0 < args.emulate_timeout <= 3600:
+        raise UsageError("--emulate-timeout: give seconds between 0 and 3600")
+    timeout = args.emulate_timeout if args.emulate else None
     try:
-        return inspect(Path(args.kernel)) if args.kernel else from_version(args.kernel_version)
+        return (
+            inspect(Path(args.kernel), emulate_timeout=timeout)
+            if args.kernel
+            else from_version(args.kernel_version)
+        )
     except CandidateError as exc:
         raise UsageError(str(exc)) from None
 
@@ -160,6 +169,24 @@ def _say_what_blocks(report: ScanReport, blocked: list[HostReport], blocking: se
         )
 
 
+def emulate_options(parser: argparse.ArgumentParser) -> None:
+    from scanner.emulate import DEFAULT_TIMEOUT_S
+
+    parser.add_argument(
+        "--emulate",
+        action="store_true",
+        help="boot the candidate under QEMU (TCG, -cpu max) with the KVM canary inside, "
+        "with 5-level paging and with no5lvl: observed evidence",
+    )
+    parser.add_argument(
+        "--emulate-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"bound on each emulated boot (default {DEFAULT_TIMEOUT_S:g})",
+    )
+
+
 def register(commands: Any) -> None:
     gate = commands.add_parser(
         "gate", help="would these hosts hang their guests after booting this kernel? (pre-upgrade)"
@@ -202,6 +229,7 @@ def register(commands: Any) -> None:
     gate.add_argument(
         "--allow-unknown", action="store_true", help="let unknown hosts pass, with a warning"
     )
+    emulate_options(gate)
     gate.set_defaults(run=run_gate)
 
     kernel = commands.add_parser("kernel", help="inspect a candidate kernel package")
@@ -219,4 +247,5 @@ def register(commands: Any) -> None:
         default="table",
         help="what to print (default: table)",
     )
+    emulate_options(inspect)
     inspect.set_defaults(run=run_kernel_inspect)

@@ -642,14 +642,17 @@ def _run_vcpu(
         result["exit_name"] = KVM_EXIT_NAMES.get(exit_reason, "UNKNOWN_{}".format(exit_reason))
         result.update(_exit_details(run, exit_reason))
 
-    # Also on the healthy path: our guests are one instruction that the hardware runs or
-    # intercepts (hlt) without the emulator, so insn_emulation > 0 means KVM's instruction
-    # emulator, not the CPU, ran the guest (as under kvm_pvm): NPT was never exercised and
-    # an "ok" proves nothing about the 5-level paging bug.
+    # Also on the healthy path: insn_emulation > 0 under a backend that cannot run the guest
+    # on the CPU (kvm_pvm: no hardware virtualization) means KVM's instruction emulator, not
+    # the CPU, ran the guest: NPT was never exercised and an "ok" proves nothing about the
+    # 5-level paging bug. Under kvm_amd or kvm_intel the count alone proves nothing: an SVM
+    # CPU without NRIP save (QEMU's emulated SVM) decodes every intercepted hlt in the
+    # emulator only to skip it (EMULTYPE_SKIP), after the CPU ran it through NPT.
     _add_stats(libc, vcpu_fd, has_stats, result)
     stats = result.get("stats")
     if stats and "insn_emulation" in stats:
-        result["emulated"] = stats["insn_emulation"] > 0
+        hardware = any(m in result.get("kvm_modules", ()) for m in ("kvm_amd", "kvm_intel"))
+        result["emulated"] = stats["insn_emulation"] > 0 and not hardware
     return result
 
 

@@ -9,6 +9,7 @@ from rich.text import Text
 from scanner.facts import HostFacts
 from scanner.findings import CandidateKernel
 
+CANARY_STYLES = {"ok": "green", "hang": "bold red"}
 OUTCOME_STYLES = {"present": "green", "absent": "bold red", "unreadable": "yellow"}
 
 
@@ -55,4 +56,22 @@ def build(identity: CandidateKernel, facts: HostFacts) -> Group:
             Text(signal.outcome, style=OUTCOME_STYLES.get(signal.outcome, "dim")),
             signal.detail,
         )
-    return Group(about, signals)
+    if identity.emulation is None:
+        return Group(about, signals)
+    emulation = identity.emulation
+    boots = Table(
+        title=f"emulated boots ({emulation.qemu}, -accel {emulation.accel} -cpu {emulation.cpu})",
+        title_justify="left",
+    )
+    for column in ("paging", "canary", "la57 flag", "boot s", "wall s", "detail"):
+        boots.add_column(column, overflow="fold")
+    for boot in emulation.boots:
+        boots.add_row(
+            boot.paging,
+            Text(boot.outcome, style=CANARY_STYLES.get(boot.outcome, "yellow")),
+            {True: "yes", False: "no", None: "?"}[boot.la57_flag],
+            f"{boot.boot_s:g}" if boot.boot_s is not None else "?",
+            f"{boot.wall_s:g}",
+            boot.detail,
+        )
+    return Group(about, signals, boots)

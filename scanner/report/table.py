@@ -157,11 +157,17 @@ def _heading(report: ScanReport) -> Text:
     if report.candidate is None:
         return Text("fleetscan", style="bold")
     candidate = report.candidate
-    return Text.assemble(
+    heading = Text.assemble(
         ("fleetscan gate", "bold"),
         f": hosts as they will be after booting {candidate.release}"
         f" ({candidate.format} {candidate.source}; decided by {candidate.decided_by})",
     )
+    if candidate.emulation is not None:
+        heading.append(
+            "; emulated: "
+            + ", ".join(f"{b.paging} {b.outcome}" for b in candidate.emulation.boots)
+        )
+    return heading
 
 
 class _Rows:

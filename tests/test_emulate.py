@@ -1,0 +1,280 @@
+"""`gate --emulate` and `kernel inspect --emulate`: candidates booted under QEMU, canary inside.
+
+The boots are real: qemu-system-x86_64 in TCG with `-cpu max` (AMD, la57, svm, npt), Debian's
+own 6.1 kernel package, and the lab's 6.1 kernel whose SVM builds 4-level NPT (lab/kernel.py).
+The initramfs writer is checked against cpio(1) itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scanner.cli import main
+from scanner.emulate import EmulateError, boot_files, boot_once, build_initramfs, module_depends
+from scanner.initramfs import Initramfs, InitramfsError
+from tests.trees import DEBIAN_61, debian_host, kernel_file
+
+lab = pytest.mark.lab
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any], str]:
+    code = main([*argv, "--format", "json"])
+    captured = capsys.readouterr()
+    return code, (json.loads(captured.out) if captured.out.strip() else {}), captured.err
+
+
+def needs_qemu() -> str:
+    found = shutil.which("qemu-system-x86_64")
+    if found is None:
+        pytest.skip(
+            "needs qemu: qemu-system-x86_64 not installed (apt-get install qemu-system-x86)"
+        )
+    return found
+
+
+@pytest.fixture(scope="module")
+def debian_61_deb() -> Path:
+    from tests.packages import debian_kernel_package
+
+    return debian_kernel_package("bookworm")
+
+
+@pytest.fixture(scope="module")
+def lab_kernel() -> Path:
+    """The lab's kernel tree, built once (minutes) and cached outside the repository."""
+    from lab import kernel as lab_build
+
+    tree = lab_build.cached()
+    if tree is not None:
+        return tree
+    if not lab_build.SOURCE_TARBALL.is_file():
+        pytest.skip(f"needs lab: {lab_build.SOURCE_TARBALL} missing (scripts/setup --test)")
+    try:
+        return lab_build.build()
+    except lab_build.LabError as exc:
+        pytest.fail(f"lab kernel build failed: {exc}")
+
+
+@pytest.fixture
+def genoa(tmp_path: Path) -> Path:
+    """A Zen 4 host with 5-level paging and kvm_amd loaded with NPT, running Debian 6.1."""
+    return debian_host(DEBIAN_61).build(tmp_path / "genoa")
+
+
+# --- the initramfs writer, read back by cpio(1) ---------------------------------------------
+
+
+def test_initramfs_is_read_back_by_cpio(tmp_path: Path) -> None:
+    cpio = shutil.which("cpio")
+    if cpio is None:
+        pytest.skip("cpio(1) not installed (scripts/setup --test installs it)")
+    source = tmp_path / "source.bin"
+    source.write_bytes(bytes(range(256)) * 5 + b"x")  # not a multiple of 4: padding
+    os.utime(source, (1_600_000_000, 1_600_000_000))
+    fs = Initramfs()
+    fs.add_file("/usr/lib/thing.bin", source, 0o600)
+    fs.add_bytes("/init", b"#!/bin/sh\n", 0o755)
+    fs.add_symlink("/lib64", "usr/lib")
+    fs.add_char_device("/dev/console", 5, 1)
+    fs.add_dir("/proc")
+    archive = tmp_path / "initrd.cpio"
+    with open(archive, "wb") as out:
+        size = fs.write(out)
+    assert size == archive.stat().st_size and size % 4 == 0
+    with open(archive, "rb") as stdin:
+        listing = subprocess.run(
+            [cpio, "-itv", "--quiet"], stdin=stdin, capture_output=True, text=True
+        )
+    assert listing.returncode == 0, listing.stderr
+    rows = {
+        line.split()[-1] if "->" not in line else line.split()[-3]: line
+        for line in listing.stdout.splitlines()
+    }
+    assert rows["dev/console"].startswith("crw-------")
+    assert rows["usr/lib/thing.bin"].startswith("-rw-------")
+    assert rows["init"].startswith("-rwxr-xr-x")
+    assert rows["lib64"].startswith("l") and rows["lib64"].endswith("-> usr/lib")
+    assert rows["usr"].startswith("d") and rows["usr/lib"].startswith("d")  # parents made
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(archive, "rb") as stdin:
+        subprocess.run(
+            [cpio, "-idm", "--quiet", "--no-absolute-filenames", "--nonmatching", "dev/*"],
+            stdin=stdin,
+            cwd=out,
+            check=True,
+        )
+    assert (out / "usr/lib/thing.bin").read_bytes() == source.read_bytes()
+    assert int((out / "usr/lib/thing.bin").stat().st_mtime) == 1_600_000_000
+    assert (out / "init").read_bytes() == b"#!/bin/sh\n"
+    assert os.readlink(out / "lib64") == "usr/lib"
+    assert stat.S_ISDIR((out / "proc").stat().st_mode)
+
+
+def test_initramfs_refuses_escaping_and_clashing_members(tmp_path: Path) -> None:
+    fs = Initramfs()
+    with pytest.raises(InitramfsError, match=r"\.\."):
+        fs.add_bytes("/a/../../etc/passwd", b"")
+    fs.add_bytes("/a/file", b"one")
+    with pytest.raises(InitramfsError, match="/a/file: added twice"):
+        fs.add_bytes("/a/file", b"two")
+    with pytest.raises(InitramfsError, match="/a/file: not a directory"):
+        fs.add_bytes("/a/file/below", b"")
+    fs.add_bytes("/a/file", b"one")  # the same member again is no clash
+
+
+def test_module_dependencies_come_from_modinfo() -> None:
+    # Debian 6.1: kvm needs irqbypass; kvm-amd needs kvm and ccp (for SEV).
+    assert module_depends(kernel_file(DEBIAN_61, "kvm.ko")) == ["irqbypass"]
+    assert sorted(module_depends(kernel_file(DEBIAN_61, "kvm-amd.ko"))) == ["ccp", "kvm"]
+    assert module_depends(b"\0name=x\0depends=\0") == []
+
+
+# --- clear errors before any boot ------------------------------------------------------------
+
+
+def test_without_qemu_the_error_names_the_package(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, genoa: Path, tmp_path: Path
+) -> None:
+    candidate = debian_host(DEBIAN_61).build(tmp_path / "candidate")
+    (candidate / "boot" / "vmlinuz-6.1.0-56-amd64").write_bytes(b"MZ not booted")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    code, report, err = run(
+        capsys, "gate", "--kernel", str(candidate), "--emulate", "--root", str(genoa)
+    )
+    assert code == 2 and report == {}
+    assert "qemu-system-x86_64 not found" in err
+    assert "apt-get install qemu-system-x86" in err
+    assert "Traceback" not in err
+
+
+def test_a_candidate_without_vmlinuz_is_named(
+    capsys: pytest.CaptureFixture[str], genoa: Path, tmp_path: Path
+) -> None:
+    candidate = debian_host(DEBIAN_61).build(tmp_path / "candidate")
+    code, _, err = run(capsys, "kernel", "inspect", str(candidate), "--emulate")
+    assert code == 2
+    assert "no vmlinuz (boot/vmlinuz-6.1.0-56-amd64)" in err
+    assert str(candidate) in err
+
+
+def test_a_candidate_without_kvm_is_named(
+    capsys: pytest.CaptureFixture[str], genoa: Path, tmp_path: Path
+) -> None:
+    candidate = debian_host(
+        DEBIAN_61, config_overrides={"CONFIG_KVM_AMD": "n"}, kvm_amd_ko=None
+    ).build(tmp_path / "candidate")
+    (candidate / "boot" / "vmlinuz-6.1.0-56-amd64").write_bytes(b"MZ not booted")
+    code, _, err = run(
+        capsys, "gate", "--kernel", str(candidate), "--emulate", "--root", str(genoa)
+    )
+    assert code == 2
+    assert "no KVM in the candidate (CONFIG_KVM_AMD is not set)" in err
+
+
+def test_emulate_needs_a_kernel_to_boot(capsys: pytest.CaptureFixture[str], genoa: Path) -> None:
+    code, _, err = run(
+        capsys, "gate", "--kernel-version", "6.1.0-56-amd64", "--emulate", "--root", str(genoa)
+    )
+    assert code == 2 and "--emulate needs a kernel to boot" in err
+
+
+# --- real boots --------------------------------------------------------------------------------
+
+
+def boots(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {b["paging"]: b for b in report["candidate"]["emulation"]["boots"]}
+
+
+@lab
+def test_debian_61_package_halts_observed(
+    capsys: pytest.CaptureFixture[str], debian_61_deb: Path, genoa: Path
+) -> None:
+    needs_qemu()
+    started = time.monotonic()
+    code, report, err = run(
+        capsys, "gate", "--kernel", str(debian_61_deb), "--emulate", "--root", str(genoa)
+    )
+    took = time.monotonic() - started
+    assert code == 0, err
+    seen = boots(report)
+    five, no5 = seen["5-level"], seen["no5lvl"]
+    # Debian's kernel really runs 5-level paging in the emulated Zen 4, and loads its own
+    # kvm, kvm-amd and dependencies from the package.
+    assert five["la57_flag"] is True and five["la57_mmap"] is True
+    assert {"kvm", "kvm_amd", "irqbypass"} <= set(five["modules_loaded"])
+    assert five["npt"] == "Y"
+    assert five["outcome"] == "ok" and five["canary"]["exit_name"] == "HLT"
+    assert five["canary"]["rip"] == 0xFFF1  # hlt ran
+    # no5lvl: 4-level paging, and the guest halts all the same.
+    assert no5["la57_flag"] is False and no5["la57_mmap"] is False
+    assert no5["outcome"] == "ok"
+    host = report["hosts"][0]
+    assert host["verdict"] == "pass" and host["basis"] == "observed"
+    flagship = next(f for f in host["findings"] if f["rule_id"] == "kvm-amd-la57-npt")
+    assert flagship["observed"] is True
+    signals = {s["name"]: s for s in host["facts"]["kvm"]["signals"]}
+    assert signals["canary"]["outcome"] == "present"
+    assert "booted under QEMU" in (signals["canary"]["source"] or "")
+    print(f"debian 6.1 gate --emulate: {took:.0f} s; boots {five['wall_s']} s, {no5['wall_s']} s")
+
+
+@lab
+def test_lab_kernel_hangs_observed_and_contradicts_its_symbols(
+    capsys: pytest.CaptureFixture[str], lab_kernel: Path, genoa: Path
+) -> None:
+    needs_qemu()
+    code, report, err = run(
+        capsys, "gate", "--kernel", str(lab_kernel), "--emulate", "--root", str(genoa)
+    )
+    assert code == 1, err
+    seen = boots(report)
+    five, no5 = seen["5-level"], seen["no5lvl"]
+    assert five["la57_flag"] is True
+    assert five["outcome"] == "hang"
+    assert five["canary"]["rip"] == 0xFFF0
+    assert five["canary"]["stats"]["halt_exits"] == 0
+    assert five["canary"]["stats"]["pf_taken"] > 100  # the nested page fault storm
+    assert "RIP 0xfff0" in five["detail"]
+    # The hang follows 5-level paging: the same kernel with no5lvl halts.
+    assert no5["la57_flag"] is False and no5["outcome"] == "ok"
+    host = report["hosts"][0]
+    assert host["verdict"] == "affected" and host["basis"] == "observed"
+    kvm = host["facts"]["kvm"]
+    assert kvm["fix"] == "absent" and kvm["fix_signal"] == "canary"
+    # A 6.1 build carries the fix's symbol: the kernel's own signals say fixed.
+    assert kvm["contradiction"] is True
+    rules = {f["rule_id"]: f for f in host["findings"]}
+    assert "kvm-fix-evidence-contradiction" in rules
+    assert "RIP 0xfff0" in rules["kvm-amd-la57-npt"]["reason"] + json.dumps(
+        rules["kvm-amd-la57-npt"]["evidence"]
+    )
+
+
+@lab
+def test_a_kernel_that_cannot_start_init_is_a_panic_with_console_lines(
+    lab_kernel: Path, tmp_path: Path
+) -> None:
+    binary = needs_qemu()
+    files = boot_files(lab_kernel, tmp_path)
+    initrd = tmp_path / "initrd.cpio"
+    build_initramfs(files, initrd)
+    with pytest.raises(EmulateError) as caught:
+        boot_once(
+            binary, files, initrd, "5-level", 300, tmp_path, extra_cmdline=["rdinit=/missing"]
+        )
+    message = str(caught.value)
+    assert "did not boot: kernel panic" in message
+    assert "last console lines:" in message
+    assert "Kernel panic" in message
