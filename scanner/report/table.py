@@ -164,8 +164,7 @@ def _heading(report: ScanReport) -> Text:
     )
     if candidate.emulation is not None:
         heading.append(
-            "; emulated: "
-            + ", ".join(f"{b.paging} {b.outcome}" for b in candidate.emulation.boots)
+            "; emulated: " + ", ".join(f"{b.paging} {b.outcome}" for b in candidate.emulation.boots)
         )
     return heading
 
