@@ -62,6 +62,7 @@ def test_fixed_candidate_passes_with_the_signals_named(
         "package": None,
         "version": None,
         "decided_by": "kernel binaries",
+        "emulation": None,
     }
     host = report["hosts"][0]
     assert host["verdict"] == "pass"
