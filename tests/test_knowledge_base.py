@@ -138,3 +138,44 @@ def test_gate_kernel_version_uses_the_refusing_range(
         outcomes[release] = (code, state, report["hosts"][0]["verdict"])
     assert outcomes["4.18.0-348.7.1.el8_5.x86_64"][1] == "refuses"
     assert outcomes["4.18.0-372.9.1.el8.x86_64"] == (0, "fixed", "pass")
+
+
+def test_nothing_decided_adds_no_passing_junit_case(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SLES candidate: no signal decides, so the contradiction rule has nothing to agree on;
+    its JUnit testcase is skipped, never a pass."""
+    import xml.etree.ElementTree as ET
+
+    from scanner.cli import main
+
+    host = Tree(
+        cpuinfo=sample("bergamo-cpuinfo-2-guest.txt"),
+        release="5.14.21-150500.55.39-default",
+        os_release=os_release("sles", "15.5"),
+        extra_files={"/boot/config-5.14.21-150500.55.39-default": CONFIG_5},
+    ).build(tmp_path / "sles")
+    junit = tmp_path / "gate.xml"
+    main(
+        [
+            "gate",
+            "--kernel-version",
+            "5.14.21-150500.55.47-default",
+            "--root",
+            str(host),
+            "--junit",
+            str(junit),
+            "--format",
+            "json",
+        ]
+    )
+    capsys.readouterr()
+    cases = [
+        case
+        for case in ET.parse(junit).getroot().iter("testcase")
+        if "kvm-fix-evidence-contradiction" in (case.get("name", "") + case.get("classname", ""))
+    ]
+    assert cases, ET.tostring(ET.parse(junit).getroot())[:500]
+    for case in cases:
+        assert case.find("skipped") is not None
+        assert case.find("failure") is None

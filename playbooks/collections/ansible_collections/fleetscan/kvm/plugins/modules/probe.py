@@ -24,11 +24,6 @@ options:
     description: Seconds before an unanswered KVM_RUN is interrupted (a hang).
     type: float
     default: 2.0
-  canary_guest:
-    description: C(hlt) (the check), or C(spin) (a guest that never halts, to test the timeout path).
-    type: str
-    default: hlt
-    choices: [hlt, spin]
 author: fleetscan developers
 """
 
@@ -49,12 +44,12 @@ def main():
             "root": {"type": "str", "default": "/"},
             "canary": {"type": "bool", "default": False},
             "canary_timeout": {"type": "float", "default": 2.0},
-            "canary_guest": {"type": "str", "default": "hlt", "choices": ["hlt", "spin"]},
         },
         supports_check_mode=True,
     )
     params = module.params
-    evidence = probe_host(params["root"], params["canary"], params["canary_timeout"], params["canary_guest"])
+    # Only the check's own guest (hlt): the test guests stay out of the production path.
+    evidence = probe_host(params["root"], params["canary"], params["canary_timeout"])
     module.exit_json(changed=False, ansible_facts={"fleetscan_probe": evidence})
 
 
