@@ -14,12 +14,12 @@ sizes are capped. Anything wrong with the package is a PackageError of one line 
 Libraries: the ar container of a .deb is read with python-debian's `debian.arfile`, its control
 file with `debian.deb822`; tar is the standard library's `tarfile` in stream mode; zstd comes
 from `compression.zstd` (Python 3.14) or its backport `backports.zstd`. The .rpm reader (header
-tags and the newc cpio payload) is written here: see _read_rpm.
+tags and the newc cpio payload) is written here: see _read_rpm. Decompression is the probe's
+bounded streaming decoder, scanner.probe.decompress, shared with the module reader.
 """
 
 from __future__ import annotations
 
-import bz2
 import gzip
 import lzma
 import os
@@ -39,6 +39,8 @@ from typing import BinaryIO, Protocol, cast
 
 from debian.arfile import ArError, ArFile, ArMember
 from debian.deb822 import Deb822
+
+from scanner.probe import decompress
 
 if sys.version_info >= (3, 14):
     from compression import zstd
@@ -185,6 +187,8 @@ def _os_reason(exc: OSError) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, decompress.OutputLimitError):
+        return f"more than {exc.limit} bytes of content (decompression stopped)"
     if isinstance(exc, EOFError):
         return "truncated: compressed data ends early"
     if isinstance(exc, OSError) and exc.strerror:
@@ -192,7 +196,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, tarfile.ReadError) and "unexpected end" in str(exc):
         return "truncated: tar data ends early"
     detail = f"({type(exc).__name__}: {_one_line(str(exc))})"
-    if isinstance(exc, (lzma.LZMAError, zstd.ZstdError, zlib.error, gzip.BadGzipFile)):
+    if isinstance(exc, (lzma.LZMAError, zstd.ZstdError, zlib.error, gzip.BadGzipFile, OSError)):
         return f"corrupt compressed data {detail}"
     return f"corrupt {detail}"
 
@@ -221,76 +225,21 @@ class _Prepend:
         return self._source.read(size)
 
 
-class _Decoder(Protocol):
-    @property
-    def eof(self) -> bool: ...
-    @property
-    def needs_input(self) -> bool: ...
-    @property
-    def unused_data(self) -> bytes: ...
-    def decompress(self, data: bytes, /, max_length: int = ...) -> bytes: ...
-
-
-class _Decompressed:
-    """Bounded-memory streaming decompression of concatenated xz/lzma, bzip2 or zstd streams.
-
-    Unlike the standard library's file classes this one takes a decoder memory limit (xz) and
-    reports input that ends inside a stream as truncation (EOFError), for every format.
-    """
-
-    def __init__(self, source: _Readable, new_decoder: Callable[[], _Decoder]) -> None:
-        self._source = source
-        self._new = new_decoder
-        self._decoder = new_decoder()
-        self._done = False
-
-    def read(self, size: int = -1, /) -> bytes:
-        if size < 0:
-            size = _CHUNK
-        while not self._done and size:
-            decoder = self._decoder
-            if decoder.eof:
-                # Another stream may follow (xz and zstd allow concatenation), after zero padding.
-                rest = decoder.unused_data.lstrip(b"\0")
-                while not rest:
-                    more = self._source.read(_CHUNK)
-                    if not more:
-                        self._done = True
-                        return b""
-                    rest = more.lstrip(b"\0")
-                self._decoder = decoder = self._new()
-                data = rest
-            elif decoder.needs_input:
-                data = self._source.read(_CHUNK)
-                if not data:
-                    raise EOFError("compressed data ends before its end marker")
-            else:
-                data = b""
-            out = decoder.decompress(data, size)
-            if out:
-                return out
-        return b""
-
-
-def _xz_decoder() -> _Decoder:
-    return lzma.LZMADecompressor(lzma.FORMAT_AUTO, memlimit=MAX_DECODER_MEMORY)
-
-
 def _decompressed(source: _Readable, what: str) -> _Readable:
-    """`source` decompressed according to its magic bytes (the name's suffix is not trusted)."""
-    head = source.read(6)
-    stream = _Prepend(head, source)
-    if head.startswith(b"\xfd7zXZ\x00") or head.startswith(b"\x5d\x00\x00"):
-        return _Decompressed(stream, _xz_decoder)
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return _Decompressed(stream, zstd.ZstdDecompressor)
-    if head.startswith(b"BZh"):
-        return _Decompressed(stream, bz2.BZ2Decompressor)
-    if head.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=cast(BinaryIO, stream), mode="rb")
+    """`source` decompressed according to its magic bytes (the name's suffix is not trusted).
+
+    The decoder is the probe's (scanner.probe.decompress): bounded memory, xz memory limit,
+    output capped at MAX_SCANNED_BYTES, truncation as EOFError, for every format.
+    """
+    head = source.read(decompress.MAGIC_BYTES)
+    kind = decompress.detect(head)
+    if kind is not None:
+        return decompress.Decompressed(
+            source, kind, MAX_SCANNED_BYTES, head=head, xz_memlimit=MAX_DECODER_MEMORY
+        )
     if not head:
         raise _Bad(f"{what} is empty")
-    return stream  # uncompressed; the container reader says whether it makes sense
+    return _Prepend(head, source)  # uncompressed; the container reader says whether it makes sense
 
 
 def _drain(stream: _Readable) -> None:
