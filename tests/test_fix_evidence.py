@@ -315,7 +315,7 @@ def test_table_shows_signal_and_confidence(
     root = debian_host(DEBIAN_61).build(tmp_path / "genoa-61")
     main(["evaluate", "--root", str(root)])
     out = capsys.readouterr().out
-    assert "present (btf, high)" in out
+    assert "the fix is present (btf, high confidence)" in out
 
 
 def _report(root: Path) -> dict[str, Any]:
