@@ -5,7 +5,8 @@ beside itself and renamed over, so a reader never sees half a report and a faile
 the old one whole; it keeps the existing file's mode (a new one gets the umask's). A symlink is
 followed and its target written the same way, so the link stays a link. Character devices
 (/dev/null, /dev/stdout, a tty), FIFOs and `-` (stdout) are written through: renaming over them
-would replace the device node with a plain file. Directories, sockets and block devices are
+would replace the device node with a plain file. /dev/stdout, /dev/stderr and /dev/fd/N are
+the descriptors they name (stdout is `-`), never the file or pipe behind them. Directories, sockets and block devices are
 refused with OutputError, one line naming the option and the path; so is any failed write
 (ENOSPC on /dev/full included), after which nothing at the path has changed.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -26,8 +28,12 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 STDOUT = "-"
+# Names of an open file descriptor. Resolved, /dev/stdout is the pipe or file the shell
+# opened (/proc/PID/fd/pipe:[...]), which must be written as that descriptor, not reopened.
+_FD_PATH = re.compile(r"^/(?:dev/fd|proc/self/fd)/(\d+)$")
+_FD_NAMES = {"/dev/stdout": 1, "/dev/stderr": 2}
 
-Kind = Literal["stdout", "atomic", "through"]
+Kind = Literal["stdout", "atomic", "through", "fd"]
 
 
 class OutputError(Exception):
@@ -42,6 +48,7 @@ class Target:
     given: str
     kind: Kind
     path: Path  # the file written (a symlink's final target); unused for stdout
+    fd: int | None = None  # for kind "fd": the descriptor written
 
     def error(self, what: str) -> OutputError:
         return OutputError(f"{self.option} {self.given}: {what}")
@@ -60,6 +67,16 @@ def resolve(given: str | os.PathLike[str], option: str = "--output") -> Target:
     text = os.fspath(given)
     if text == STDOUT:
         return Target(option, text, "stdout", Path(text))
+    match = _FD_PATH.match(text)
+    fd = _FD_NAMES.get(text, int(match.group(1)) if match else None)
+    if fd is not None:
+        if fd == 1:
+            return Target(option, text, "stdout", Path(text))
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise OutputError(f"{option} {text}: not an open file descriptor") from None
+        return Target(option, text, "fd", Path(text), fd)
     if not text:
         raise OutputError(f"{option}: empty path")
     path = Path(os.path.realpath(text))  # follows every symlink, also a dangling one's target
@@ -164,6 +181,31 @@ def _stdout(target: Target) -> Iterator[TextIO]:
 
 
 @contextlib.contextmanager
+def _descriptor(target: Target) -> Iterator[TextIO]:
+    """stderr through sys.stderr (keeps the order of what else is printed there); another
+    descriptor through a duplicate, so closing ours leaves it open."""
+    try:
+        if target.fd == 2:
+            yield sys.stderr
+            sys.stderr.flush()
+        else:
+            assert target.fd is not None
+            with os.fdopen(os.dup(target.fd), "w", encoding="utf-8") as stream:
+                yield stream
+                stream.flush()
+    except OSError as exc:
+        raise target.error(f"cannot write ({_reason(exc)})") from None
+
+
+def is_stdout(given: str | os.PathLike[str] | None) -> bool:
+    """Does this output path name standard output (`-`, /dev/stdout, /dev/fd/1)?"""
+    if not given:
+        return False
+    text = os.fspath(given)
+    return text == STDOUT or _FD_NAMES.get(text) == 1 or text in ("/dev/fd/1", "/proc/self/fd/1")
+
+
+@contextlib.contextmanager
 def open_output(given: str | os.PathLike[str], option: str = "--output") -> Iterator[TextIO]:
     """A text file object for `given`; on leaving the block the output is complete, or
     OutputError was raised and an existing regular file is unchanged.
@@ -176,6 +218,9 @@ def open_output(given: str | os.PathLike[str], option: str = "--output") -> Iter
             yield handle
     elif target.kind == "through":
         with _through(target) as handle:
+            yield handle
+    elif target.kind == "fd":
+        with _descriptor(target) as handle:
             yield handle
     else:
         with _atomic(target) as handle:

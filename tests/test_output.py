@@ -208,3 +208,35 @@ def test_readme_first_command_leaves_nothing_untracked() -> None:
     """`fleetscan sweep --output fleetscan-report.json` from the checkout: ignored by git."""
     lines = (REPO / ".gitignore").read_text().splitlines()
     assert "/fleetscan-report.json" in lines
+
+
+def test_descriptor_paths_are_the_descriptors(tmp_path: Path, host_tree: Path) -> None:
+    """/dev/stdout into a file the shell opened: the report lands there once, and the file is
+    not renamed over (resolved, /dev/stdout is that very file); /dev/fd/N is descriptor N."""
+    import subprocess
+    import sys
+
+    fleetscan = [sys.executable, "-m", "scanner.cli", "evaluate", "--root", str(host_tree)]
+    shell_file = tmp_path / "shell-redirect.json"
+    with shell_file.open("w") as out:
+        inode = os.fstat(out.fileno()).st_ino
+        proc = subprocess.run([*fleetscan, "--output", "/dev/stdout"], stdout=out, check=False)
+    assert proc.returncode == 0
+    assert json.loads(shell_file.read_text())["hosts"][0]["host"] == "icelake"  # JSON only
+    assert shell_file.stat().st_ino == inode
+    other = tmp_path / "other.json"
+    with other.open("w") as handle:
+        number = handle.fileno()  # whatever number it got: passed on as itself
+        proc = subprocess.run(
+            [*fleetscan, "--output", f"/dev/fd/{number}"],
+            pass_fds=(number,),
+            capture_output=True,
+            check=False,
+        )
+    assert proc.returncode == 0 and b"icelake" in proc.stdout  # the table, as usual
+    assert json.loads(other.read_text())["hosts"][0]["host"] == "icelake"
+    proc = subprocess.run(
+        [*fleetscan, "--output", "/dev/fd/63"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == "fleetscan: --output /dev/fd/63: not an open file descriptor\n"

@@ -15,7 +15,7 @@ from scanner.cli import evaluate, gate, history, merge, page, probe, rulecmds, s
 from scanner.cli.common import EXIT_BAD_INPUT, UsageError, stderr
 from scanner.inputs import InputError
 from scanner.interrupt import Interrupted, sigterm_raises
-from scanner.output import OutputError
+from scanner.output import STDOUT, OutputError, is_stdout
 
 # In the order `fleetscan --help` lists them.
 COMMANDS = (sweep, evaluate, gate, merge, page, history, sinkcmds, rulecmds, probe)
@@ -48,6 +48,8 @@ def _describe(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if is_stdout(getattr(args, "output", None)):
+        args.output = STDOUT  # /dev/stdout is `-`: the report, not also the --format rendering
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         with sigterm_raises():
