@@ -97,3 +97,20 @@ def test_a_newer_report_is_refused_naming_the_versions(
         f"fleetscan: {path}: schema_version 2 is newer than this fleetscan reads (1); "
         "read it with a newer fleetscan\n"
     )
+
+
+@pytest.mark.parametrize("command", [["merge"], ["report"]])
+def test_merge_and_report_refuse_a_newer_report(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    report: dict[str, Any],
+    command: list[str],
+) -> None:
+    path = tmp_path / "newer.json"
+    path.write_text(json.dumps(dict(report, schema_version=3), indent=2))
+    code, out, err = run(capsys, *command, str(path))
+    assert (code, out) == (2, "")
+    assert err == (
+        f"fleetscan: {path}: schema_version 3 is newer than this fleetscan reads (1); "
+        "read it with a newer fleetscan\n"
+    )

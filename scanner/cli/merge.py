@@ -17,12 +17,16 @@ from scanner.cli.common import (
 )
 from scanner.cli.streaming import Writer, report_bad_lines
 from scanner.findings import ScanReport
+from scanner.inputs import check_report_version
 from scanner.merge import hosts, plan
 from scanner.output import STDOUT, OutputError, open_output
 
 
 def run(args: argparse.Namespace) -> int:
     check_output_path(args.output)
+    for report in args.reports:
+        if Path(report).is_file():
+            check_report_version(Path(report))  # a newer format is not merged into ours
     merged = plan([Path(p) for p in args.reports])
     head = ScanReport(
         mode="candidate" if merged.mode == "candidate" else "current",

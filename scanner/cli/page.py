@@ -21,6 +21,7 @@ from scanner.cli.common import (
     write_output,
 )
 from scanner.findings import ScanReport, Verdict
+from scanner.inputs import check_report_version
 from scanner.report import table
 from scanner.report.page import DEFAULT_BLOCKING, Change, History, TrendPoint
 
@@ -122,6 +123,8 @@ def run_report(args: argparse.Namespace) -> int:
     from scanner.report.saved import SavedReportError, load
 
     check_output_path(args.html, "--html")
+    if Path(args.report).is_file():
+        check_report_version(Path(args.report))
     try:
         report = load(Path(args.report))
     except SavedReportError as exc:
