@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import socket
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -88,6 +91,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT
 );
+CREATE TABLE IF NOT EXISTS outbox_claims (
+    sink TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until REAL NOT NULL
+);
 """
 
 
@@ -153,6 +161,7 @@ class Recorded:
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
@@ -365,6 +374,41 @@ class Store:
             )
             for row in self._query(sql + " ORDER BY id", params)
         ]
+
+    def claim(self, sink: str, seconds: float = 900.0) -> bool:
+        """Take (or extend) the right to deliver a sink's outbox; False while another holds it.
+
+        Two sweeps sharing a database must not both send the same items (a webhook would see
+        them twice). A claim lapses after `seconds`, so a crashed process blocks nobody for long.
+        """
+        now = time.time()
+        try:
+            with self._transaction() as db:
+                row = db.execute(
+                    "SELECT holder, until FROM outbox_claims WHERE sink = ?", (sink,)
+                ).fetchone()
+                if row is not None and row["until"] > now and row["holder"] != self._holder:
+                    return False
+                db.execute(
+                    "INSERT OR REPLACE INTO outbox_claims VALUES (?, ?, ?)",
+                    (sink, self._holder, now + seconds),
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"history database {self.path}: cannot claim the outbox ({exc})"
+            ) from None
+        return True
+
+    def release(self, sink: str) -> None:
+        try:
+            with self._transaction() as db:
+                db.execute(
+                    "DELETE FROM outbox_claims WHERE sink = ? AND holder = ?", (sink, self._holder)
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"history database {self.path}: cannot release the outbox ({exc})"
+            ) from None
 
     def delivered(self, item_id: int) -> None:
         try:

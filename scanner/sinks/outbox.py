@@ -23,17 +23,30 @@ class Delivery:
 def deliver(store: Store, sinks: list[Sink], log: Callable[[Sink, str], None]) -> Delivery:
     result = Delivery()
     for sink in sinks:
-        pending = store.pending(sink.key)
-        for index, item in enumerate(pending):
-            try:
-                done = sink.deliver(item.payload)
-            except SinkError as exc:
-                store.failed(item.id, str(exc))
-                result.failed[sink.key] = str(exc)
-                result.left[sink.key] = len(pending) - index
-                log(sink, f"failed: {exc}; {len(pending) - index} item(s) kept in the outbox")
-                break
-            store.delivered(item.id)
-            result.sent += 1
-            log(sink, done)
+        if not store.claim(sink.key):
+            log(sink, "another fleetscan is delivering this sink's outbox; left to it")
+            continue
+        try:
+            _deliver_one(store, sink, log, result)
+        finally:
+            store.release(sink.key)
     return result
+
+
+def _deliver_one(
+    store: Store, sink: Sink, log: Callable[[Sink, str], None], result: Delivery
+) -> None:
+    pending = store.pending(sink.key)
+    for index, item in enumerate(pending):
+        try:
+            done = sink.deliver(item.payload)
+        except SinkError as exc:
+            store.failed(item.id, str(exc))
+            result.failed[sink.key] = str(exc)
+            result.left[sink.key] = len(pending) - index
+            log(sink, f"failed: {exc}; {len(pending) - index} item(s) kept in the outbox")
+            return
+        store.delivered(item.id)
+        store.claim(sink.key)  # extend the claim while the work goes on
+        result.sent += 1
+        log(sink, done)
