@@ -2,6 +2,9 @@
 
 Every host the inventory selects comes back, either as probe output or as a HostError:
 hosts are listed before the run, so a host that never reports is still accounted for.
+The playbook probes most hosts in one task on the control node (the fan-out, whose one
+result holds every host's evidence) and the rest through Ansible's per-host path; each
+host's `SweepResult.paths` entry says which.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,11 +39,22 @@ class InventoryError(ValueError):
     """The inventory can't be read or selects no host; the message names it."""
 
 
+FANOUT, ANSIBLE = "fanout", "ansible"
+
+
 @dataclass
 class SweepResult:
     hosts: dict[str, HostFacts | HostError] = field(default_factory=dict)
     status: str = ""
     rc: int | None = None
+    # How each host was probed: FANOUT (ssh from the control node) or ANSIBLE (per-host play).
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def path_counts(self) -> dict[str, int]:
+        counts = {FANOUT: 0, ANSIBLE: 0}
+        for path in self.paths.values():
+            counts[path] += 1
+        return counts
 
 
 ProgressCallback = Callable[[str, str], None]
@@ -64,6 +79,8 @@ def _env() -> dict[str, str]:
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_PIPELINING": os.environ.get("ANSIBLE_PIPELINING", "True"),
         "ANSIBLE_NOCOLOR": "True",
+        # The per-host play's group is empty when the fan-out reached every host.
+        "ANSIBLE_HOST_PATTERN_MISMATCH": "ignore",
         # ansible-runner finds ansible-playbook on PATH: put this interpreter's first.
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
@@ -136,11 +153,79 @@ def _host_error(kind: Literal["unreachable", "failed"], result: dict[str, Any]) 
 
 
 def _facts_or_error(result: dict[str, Any]) -> HostFacts | HostError:
-    raw = (result.get("ansible_facts") or {}).get("fleetscan_probe")
+    return _parsed((result.get("ansible_facts") or {}).get("fleetscan_probe"))
+
+
+def _parsed(raw: Any) -> HostFacts | HostError:
     try:
         return from_probe(raw)
     except FactsError as exc:
         return HostError(kind="unparsable", message=str(exc))
+
+
+def _fanout_outcomes(result: dict[str, Any]) -> dict[str, HostFacts | HostError]:
+    """Every host the fan-out answered for, from its one task result."""
+    outcomes: dict[str, HostFacts | HostError] = {}
+    for host, raw in (result.get("fleetscan_probes") or {}).items():
+        outcomes[str(host)] = _parsed(raw)
+    for host, error in (result.get("fleetscan_errors") or {}).items():
+        kind = error.get("kind") if isinstance(error, dict) else None
+        message = str(error.get("message") if isinstance(error, dict) else error)
+        outcomes[str(host)] = HostError(
+            kind="unreachable" if kind == "unreachable" else "failed", message=message
+        )
+    return outcomes
+
+
+class _FanoutStream:
+    """Follows the fan-out's stream file (one JSON line per host event) while the run goes on.
+
+    Outcomes are kept as they arrive, so an interrupted sweep still has every host that
+    finished, and the hosts being probed are known to have started.
+    """
+
+    def __init__(self, path: Path, on_event: Callable[[dict[str, Any]], None]) -> None:
+        self.path = path
+        self.on_event = on_event
+        self._stop = threading.Event()
+        self._offset = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _FanoutStream:
+        self.path.touch()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._poll()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self._poll()
+
+    def _poll(self) -> None:
+        with self.path.open("rb") as handle:
+            handle.seek(self._offset)
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        for line in complete.splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # the plugin writes whole lines; a torn one can only be the last
+            if isinstance(event, dict) and isinstance(event.get("host"), str):
+                self.on_event(event)
+
+
+def _stream_outcome(event: dict[str, Any]) -> HostFacts | HostError:
+    error = event.get("error")
+    if isinstance(error, dict):
+        kind = "unreachable" if error.get("kind") == "unreachable" else "failed"
+        return HostError(kind=kind, message=str(error.get("message") or "no message"))
+    return _parsed(event.get("probe"))
 
 
 def _silent_reason(
@@ -231,18 +316,37 @@ def _sweep(
     result = SweepResult()
     started: dict[str, float] = {}
 
-    def record(host: str, outcome: HostFacts | HostError) -> None:
-        if host in result.hosts:
-            return
-        result.hosts[host] = outcome
+    lock = threading.Lock()  # the fan-out's stream is read on its own thread
+
+    def record(host: str, outcome: HostFacts | HostError, path: str = ANSIBLE) -> None:
+        with lock:
+            if host in result.hosts:
+                return
+            result.hosts[host] = outcome
+            result.paths[host] = path
         if on_host:
             on_host(host, outcome.kind if isinstance(outcome, HostError) else "ok")
+
+    def streamed(event: dict[str, Any]) -> None:
+        host = event["host"]
+        if event.get("event") == "start":
+            started.setdefault(host, time.monotonic())
+        elif event.get("event") == "done":
+            record(host, _stream_outcome(event), FANOUT)
 
     def handle(event: dict[str, Any]) -> bool:
         kind = event.get("event")
         data = event.get("event_data") or {}
         host = data.get("host")
         res = data.get("res") or {}
+        action = str(data.get("resolved_action") or data.get("task_action") or "")
+        if action.endswith("fanout"):
+            if kind == "runner_on_ok":
+                for name, outcome in _fanout_outcomes(res).items():
+                    record(name, outcome, FANOUT)
+            return False
+        if action and not action.endswith("probe"):
+            return False  # the playbook's bookkeeping (add_host), not a host's outcome
         if host and kind == "runner_on_start":
             started.setdefault(host, time.monotonic())
         elif host and kind == "runner_on_ok":
@@ -259,23 +363,27 @@ def _sweep(
     # settings file sets it (a `settings` argument is dropped when the file is absent).
     (private / "env").mkdir(exist_ok=True)
     (private / "env" / "settings").write_text("pexpect_timeout: 0.25\n")
-    runner = ansible_runner.run(
-        private_data_dir=str(private),
-        playbook=str(playbook("sweep.yml")),
-        inventory=str(inventory.resolve()),
-        limit=limit,
-        forks=forks,
-        envvars=_env(),
-        # The canary only when asked: an extravar overrides a per-host fleetscan_canary.
-        extravars={"fleetscan_timeout": timeout}
-        | (
-            {"fleetscan_canary": True, "fleetscan_canary_timeout": canary_timeout} if canary else {}
-        ),
-        event_handler=handle,
-        cancel_callback=catcher.is_set,
-        quiet=True,
-        suppress_env_files=True,
-    )
+    stream = private / "fanout-stream.jsonl"
+    with _FanoutStream(stream, streamed):
+        runner = ansible_runner.run(
+            private_data_dir=str(private),
+            playbook=str(playbook("sweep.yml")),
+            inventory=str(inventory.resolve()),
+            limit=limit,
+            forks=forks,
+            envvars=_env() | {"FLEETSCAN_FANOUT_STREAM": str(stream)},
+            # The canary only when asked: an extravar overrides a per-host fleetscan_canary.
+            extravars={"fleetscan_timeout": timeout}
+            | (
+                {"fleetscan_canary": True, "fleetscan_canary_timeout": canary_timeout}
+                if canary
+                else {}
+            ),
+            event_handler=handle,
+            cancel_callback=catcher.is_set,
+            quiet=True,
+            suppress_env_files=True,
+        )
     result.status, result.rc = runner.status, runner.rc
     silent = [h for h in hosts if h not in result.hosts]
     if silent:

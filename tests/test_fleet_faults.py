@@ -76,6 +76,13 @@ def finish(proc: subprocess.Popen[str], limit: float) -> tuple[int, dict[str, An
     return proc.returncode, json.loads(out) if out else {}, err
 
 
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def reason_of(host: dict[str, Any]) -> str:
     return str(next(f for f in host["findings"] if f["rule_id"] == "kvm-amd-la57-npt")["reason"])
 
@@ -89,7 +96,7 @@ def test_faults_end_unknown_with_their_own_reason_and_the_rest_get_verdicts(
     # The host that vanishes: wait until its probe is running (blocked), then kill its sshd
     # and every session in its namespace, as a crash or a network cut would.
     deadline = time.monotonic() + 60
-    while len(fleet.pids("vanishes")) < 3:  # sshd, the session, the probe's python
+    while not any(comm(pid).startswith("python") for pid in fleet.pids("vanishes")):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the sweep never reached the host that vanishes"
         time.sleep(0.1)
@@ -112,15 +119,23 @@ def test_faults_end_unknown_with_their_own_reason_and_the_rest_get_verdicts(
     assert "not found" in reasons["no-python"] or "No such file" in reasons["no-python"]
     assert f"timed out after {TIMEOUT} s" in reasons["hangs"].lower()
     assert hosts["hangs"]["error"]["kind"] == "failed"
-    assert hosts["vanishes"]["error"]["kind"] in ("unreachable", "failed")
+    assert hosts["vanishes"]["error"]["kind"] == "unreachable"
+    assert "closed by remote host" in reasons["vanishes"]
     assert reasons["vanishes"] != reasons["hangs"]
     if "probe-fails" in hosts:
         assert hosts["probe-fails"]["error"]["kind"] == "failed"
-        assert "python2.7" in reasons["probe-fails"] or "SyntaxError" in reasons["probe-fails"]
-    # Every unknown host's reason is its own (a full disk and a read-only one look alike).
-    distinct = {n: r for n, r in reasons.items() if n != "full-disk"}
-    assert len(set(distinct.values())) == len(distinct)
-    # Ansible's module path needs a temporary directory on the target.
-    for name in ("read-only", "full-disk"):
-        assert "No usable temporary directory" in reasons[name]
-    assert hosts["bergamo-fixed"]["facts"]["root"] == str(fleet.host("bergamo-fixed").root)
+        assert "Python 2.7 is too old" in reasons["probe-fails"]
+    # Every unknown host's reason is its own.
+    assert len(set(reasons.values())) == len(reasons)
+    # The hosts with a full or read-only disk got their verdicts (checked above) from their
+    # own trees: the fan-out writes nothing on a target (Ansible's module path needs a
+    # temporary directory there and fails on both).
+    for name in ("read-only", "full-disk", "bergamo-fixed"):
+        assert hosts[name]["facts"]["root"] == str(fleet.host(name).root)
+    assert f"{len(SPECS)} host(s) probed by the fan-out" in err
+    # The hanging probe does not outlive its timeout on the target: its alarm ends it, and
+    # only the host's sshd is left in its namespace.
+    deadline = time.monotonic() + 15
+    while len(fleet.pids("hangs")) > 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(fleet.pids("hangs")) == 1

@@ -34,6 +34,8 @@ def test_wheel_runs_a_sweep_from_its_own_data(tmp_path: Path) -> None:
     module_utils = "scanner/_data/playbooks/collections/ansible_collections/fleetscan/kvm/plugins/module_utils/probe/"
     assert f"{module_utils}host.py" in names and f"{module_utils}btf.py" in names
     assert "scanner/_data/playbooks/sweep.yml" in names
+    plugins = "scanner/_data/playbooks/collections/ansible_collections/fleetscan/kvm/plugins/"
+    assert f"{plugins}action/fanout.py" in names
     assert "scanner/_data/rules/kvm-amd-la57-npt.yaml" in names
     assert not any("__pycache__" in n for n in names)
 

@@ -243,3 +243,21 @@ def test_ssh_sweep_with_python38_on_the_target(
     assert (
         hosts["ssh-py38"]["facts"]["kvm"]["signals"] == hosts["ssh-py3"]["facts"]["kvm"]["signals"]
     )
+
+
+def test_hosts_the_fanout_cannot_honour_go_through_ansible(
+    capsys: pytest.CaptureFixture[str], trees: dict[str, Path], tmp_path: Path
+) -> None:
+    """Same trees, one host per path: the verdicts agree and stderr says who went which way."""
+    inventory = tmp_path / "inventory"
+    inventory.write_text(
+        f"fanned {LOCAL} fleetscan_root={trees['affected']}\n"
+        f"opted-out {LOCAL} fleetscan_root={trees['affected']} fleetscan_fanout=false\n"
+    )
+    code, report, err = sweep_report(capsys, "-i", str(inventory))
+    assert code == 0, err
+    verdicts = {h["host"]: h["verdict"] for h in report["hosts"]}
+    assert verdicts == {"fanned": "affected", "opted-out": "affected"}
+    hosts = {h["host"]: h for h in report["hosts"]}
+    assert hosts["fanned"]["facts"]["kvm"] == hosts["opted-out"]["facts"]["kvm"]
+    assert "1 host(s) probed by the fan-out over SSH from this node, 1 through Ansible's" in err

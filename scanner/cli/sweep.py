@@ -46,6 +46,12 @@ def swept_hosts(args: argparse.Namespace, canary: bool = False) -> Hosts:
             )
         except InventoryError as exc:
             raise UsageError(f"inventory {exc}") from None
+    counts = result.path_counts()
+    stderr().print(
+        f"fleetscan: {counts['fanout']} host(s) probed by the fan-out over SSH from this node, "
+        f"{counts['ansible']} through Ansible's per-host path",
+        markup=False,
+    )
     return result.hosts
 
 
