@@ -231,7 +231,7 @@ def run_one(argv, command, payload, timeout):
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("root", "canary", "canary_timeout", "canary_guest", "timeout", "parallel"))
+    _VALID_ARGS = frozenset(("root", "canary", "canary_timeout", "timeout", "parallel"))
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -256,8 +256,8 @@ class ActionModule(ActionBase):
             canary = variables.get("fleetscan_canary", args.get("canary", False))
             canary = str(canary).lower() in ("true", "yes", "1", "on")
             canary_timeout = float(variables.get("fleetscan_canary_timeout", args.get("canary_timeout", 2.0)))
-            guest = variables.get("fleetscan_canary_guest", args.get("canary_guest", "hlt"))
-            probe_args = [root, "1" if canary else "0", canary_timeout, guest, timeout + 5]
+            # Only the check's own guest (hlt): the test guests stay out of the production path.
+            probe_args = [root, "1" if canary else "0", canary_timeout, "hlt", timeout + 5]
             plans[host] = (argv, remote_command(interpreter, probe_args, become, become_user))
 
         payload = probe_payload()
