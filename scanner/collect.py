@@ -28,7 +28,13 @@ import ansible_runner
 from scanner.facts import FactsError, HostFacts
 from scanner.findings import HostError
 from scanner.ingest import from_probe
-from scanner.interrupt import SignalCatcher, adopting_orphans, catching, end_descendants
+from scanner.interrupt import (
+    SignalCatcher,
+    adopting_orphans,
+    catching,
+    descendants,
+    end_descendants,
+)
 from scanner.inventory_errors import explain
 from scanner.resources import collections_dir, playbook
 
@@ -268,6 +274,7 @@ def sweep(
         adopting_orphans(),
         tempfile.TemporaryDirectory(prefix="fleetscan-") as private,
     ):
+        before = frozenset(descendants(os.getpid()))
         try:
             return _sweep(
                 Path(private),
@@ -283,7 +290,7 @@ def sweep(
             )
         finally:
             if catcher.is_set():
-                end_descendants()
+                end_descendants(spare=before)
 
 
 def _sweep(

@@ -162,13 +162,15 @@ def _reap(pids: list[int]) -> None:
             os.waitpid(pid, os.WNOHANG)  # ours by adoption: no zombie left behind
 
 
-def end_descendants(grace: float = 2.0) -> list[int]:
-    """SIGTERM every process below this one, SIGKILL what is left after `grace` seconds.
+def end_descendants(grace: float = 2.0, spare: frozenset[int] = frozenset()) -> list[int]:
+    """SIGTERM every process below this one (but those in `spare`: what ran before the work
+    began, such as a test's own server), SIGKILL what is left after `grace` seconds.
 
-    For the interrupt path only: by then nothing below us is still wanted. Returns the ids.
+    For the interrupt path only: by then nothing the work started is still wanted.
+    Returns the ids.
     """
     me = os.getpid()
-    victims = descendants(me)
+    victims = [pid for pid in descendants(me) if pid not in spare]
     for pid in victims:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
@@ -179,6 +181,8 @@ def end_descendants(grace: float = 2.0) -> list[int]:
             break
         time.sleep(0.05)
     for pid in descendants(me):
+        if pid in spare:
+            continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     time.sleep(0.05)

@@ -187,7 +187,8 @@ def test_sigterm_during_an_ssh_sweep(sshd: SshServer, quick_tree: Path, tmp_path
                 assert reason.startswith("interrupted: SIGTERM while the probe was running"), reason
             # Nothing of the run survives: no ansible-playbook, no ssh, no ssh mux master.
             assert (
-                processes_mentioning(str(inventory), f"{sshd.workdir}/cm-", str(silent_port)) == []
+                processes_mentioning(str(inventory), f"{sshd.workdir}/cm-", f"Port={silent_port}")
+                == []
             )
     finally:
         for pid in sleepers(work):  # the remote side's probe, under the test's own sshd
@@ -275,3 +276,40 @@ def test_a_signal_outside_the_sweep_exits_with_its_code(tmp_path: Path, signum: 
     assert run.process.returncode == 128 + signum
     assert run.stderr.read_text() == "fleetscan: interrupted\n"
     assert run.stdout.read_text() == ""
+
+
+def test_end_descendants_spares_what_ran_before(tmp_path: Path) -> None:
+    """What the interrupted work started is ended, also a process that daemonized away
+    (re-parented to us as subreaper); a server the caller ran before stays."""
+    from scanner.interrupt import adopting_orphans, descendants, end_descendants
+
+    before = subprocess.Popen(["sleep", "60"])
+    orphan = 0
+    try:
+        with adopting_orphans() as adopting:
+            assert adopting, "PR_SET_CHILD_SUBREAPER refused (Linux 3.4+ has it)"
+            spare = frozenset(descendants(os.getpid()))
+            # Started by the work: a child, and a grandchild in a session of its own whose
+            # parent is gone (as ssh's ControlPersist master does).
+            script = (
+                'setsid -f sh -c \'echo $$ > "$0"; exec sleep 60\' "$0"; '
+                'while [ ! -s "$0" ]; do sleep 0.05; done; cat "$0"; exec sleep 60'
+            )
+            started = subprocess.Popen(
+                ["sh", "-c", script, str(tmp_path / "orphan.pid")],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert started.stdout is not None
+            orphan = int(started.stdout.readline())
+            assert orphan in descendants(os.getpid())  # adopted, not lost to init
+            ended = end_descendants(spare=spare)
+            started.wait(timeout=10)
+        assert started.pid in ended and orphan in ended
+        assert not alive(orphan)
+        assert before.pid not in ended and before.poll() is None
+    finally:
+        if orphan and alive(orphan):
+            os.kill(orphan, signal.SIGKILL)
+        before.kill()
+        before.wait()
