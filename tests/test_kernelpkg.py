@@ -602,14 +602,14 @@ def test_size_caps(
     value: int,
     fragment: str,
 ) -> None:
-    monkeypatch.setattr(kernelpkg, limit, value)
+    monkeypatch.setattr(kernelpkg.limits, limit, value)
     rejected(write(tmp_path, "big.deb", deb(fake_tree())), sandbox, fragment)
 
 
 def test_decompression_bomb_stops_at_the_cap(
     tmp_path: Path, sandbox: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kernelpkg, "MAX_SCANNED_BYTES", 16 << 20)
+    monkeypatch.setattr(kernelpkg.limits, "MAX_SCANNED_BYTES", 16 << 20)
     members = [("./usr/share/zeros", "file", bytes(24 << 20)), *fake_tree()]
     rejected(write(tmp_path, "bomb.deb", deb(members)), sandbox, "bytes of content")
 
@@ -617,7 +617,7 @@ def test_decompression_bomb_stops_at_the_cap(
 def test_huge_tar_metadata_header(
     tmp_path: Path, sandbox: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kernelpkg, "MAX_TAR_HEADER_BYTES", 4096)
+    monkeypatch.setattr(kernelpkg.limits, "MAX_TAR_HEADER_BYTES", 4096)
     members = [*fake_tree(), ("./usr/share/" + "x" * 5000, "file", b"long name")]
     path = write(tmp_path, "longname.deb", deb(members))
     rejected(path, sandbox, "tar metadata header")
