@@ -522,3 +522,33 @@ class Store:
             (run_id,),
         )
         return [(row["host"], row["running_kernel"], row["gate_run"]) for row in rows]
+
+    def gate_predictions(self, run_id: int) -> list[tuple[str, str, int, Verdict, Verdict]]:
+        """Hosts that booted a gated kernel since their last run: (host, release, gate, predicted, now).
+
+        Only hosts that ran another kernel when the gate judged them, and another kernel in
+        their previous sweep or evaluation: a boot into the candidate, said once.
+        """
+        found: list[tuple[str, str, int, Verdict, Verdict]] = []
+        for host, release, gate_run in self.gated_kernels_booted(run_id):
+            gate = self._query(
+                "SELECT verdict, running_kernel FROM host_verdicts WHERE run_id = ? AND host = ?",
+                (gate_run, host),
+            )
+            before = self._query(
+                "SELECT h.running_kernel FROM host_verdicts h JOIN runs r ON r.id = h.run_id"
+                " WHERE h.host = ? AND h.run_id < ? AND r.mode = 'current'"
+                " ORDER BY h.run_id DESC LIMIT 1",
+                (host, run_id),
+            )
+            now = self._query(
+                "SELECT verdict FROM host_verdicts WHERE run_id = ? AND host = ?", (run_id, host)
+            )
+            if not gate or not now or gate[0]["running_kernel"] == release:
+                continue
+            if before and before[0]["running_kernel"] == release:
+                continue
+            found.append(
+                (host, release, gate_run, Verdict(gate[0]["verdict"]), Verdict(now[0]["verdict"]))
+            )
+        return found

@@ -208,7 +208,10 @@ def test_gate_recorded_with_its_candidate(
     )
     assert code in (0, 1), err
     fleet.set(a="fixed")  # a booted the gated 6.1.0-56 kernel
-    assert fleet.evaluate(capsys, "--db", str(db))[0] == 0
+    code, _report, err = fleet.evaluate(capsys, "--db", str(db))
+    assert code == 0
+    assert "1 host(s) run a kernel an earlier gate judged: a (6.1.0-56-amd64: gate #1" in err
+    assert "now pass" in err
     with Store(db) as store:
         gates = store.recent_runs(5, ("gate",))
         assert [g.candidate_release for g in gates] == ["6.1.0-56-amd64"]

@@ -212,6 +212,8 @@ def record(report: ScanReport, args: argparse.Namespace, kind: Kind, published: 
                 queue=not dry_run,
                 extra_payloads=extra,
             )
+            if kind != "gate":
+                gated_boots(store, recorded.run_id)
             if dry_run:
                 show_dry_run(store, sinks, recorded.queued, extra)
                 return EXIT_OK
@@ -222,6 +224,22 @@ def record(report: ScanReport, args: argparse.Namespace, kind: Kind, published: 
             markup=False,
         )
         return EXIT_BAD_INPUT
+
+
+def gated_boots(store: Store, run_id: int) -> None:
+    """Hosts now running a kernel an earlier gate judged, and whether the gate was right."""
+    found = store.gate_predictions(run_id)
+    if not found:
+        return
+    shown = ", ".join(
+        f"{host} ({release}: gate #{gate} predicted {predicted.value}, now {now.value})"
+        for host, release, gate, predicted, now in found[:10]
+    )
+    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+    stderr().print(
+        f"fleetscan: {len(found)} host(s) run a kernel an earlier gate judged: {shown}{more}",
+        markup=False,
+    )
 
 
 def log(sink: Sink, message: str) -> None:

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from scanner.cli.common import EXIT_OK, UsageError, stdout
 from scanner.history import Diff, Snapshot, SnapshotError, diff, load_snapshot
@@ -81,8 +83,9 @@ LABELS = {
 }
 
 
-def diff_table(result: Diff) -> Table:
-    table = Table(title=f"fleetscan diff: {result.old} -> {result.new}", title_justify="left")
+def diff_table(result: Diff) -> Group:
+    """A heading, one row per host that changed (worst news first), and the counts."""
+    table = Table()
     for column in ("change", "host", "was", "now"):
         table.add_column(column, no_wrap=column != "host")
     for name in Diff.CATEGORIES:
@@ -93,9 +96,12 @@ def diff_table(result: Diff) -> Table:
                 change.old.value if change.old else "-",
                 change.new.value if change.new else "-",
             )
-    counts = "  ".join(f"{LABELS[n]} {len(getattr(result, n))}" for n in Diff.CATEGORIES)
-    table.caption = f"{counts}  unchanged {result.unchanged}"
-    return table
+    counts = ", ".join(f"{LABELS[n]} {len(getattr(result, n))}" for n in Diff.CATEGORIES)
+    heading = Text(f"fleetscan diff: {result.old} -> {result.new}")
+    footer = Text(f"{counts}, unchanged {result.unchanged}")
+    if table.row_count == 0:
+        return Group(heading, Text("no host changed"), footer)
+    return Group(heading, table, footer)
 
 
 def run_history(args: argparse.Namespace) -> int:
@@ -134,7 +140,7 @@ def run_history(args: argparse.Namespace) -> int:
     for c in changes:
         kernel = c.running_kernel or "-"
         if c.host in gate_of and gate_of[c.host][0] == c.running_kernel:
-            kernel += f" (gated by gate #{gate_of[c.host][1]})"
+            kernel += f" (judged by gate #{gate_of[c.host][1]})"
         table.add_row(
             c.host,
             c.generated_at,
