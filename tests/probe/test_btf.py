@@ -10,12 +10,14 @@ Independent references used here:
 * pyelftools, for the bytes of the ``.BTF`` section.
 """
 
+import lzma
 import os
 import random
 import re
 import shutil
 import struct
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,9 +33,11 @@ VMLINUX = Path("/sys/kernel/btf/vmlinux")
 MMU = "kvm_configure_mmu"
 FIXED = ["enable_tdp", "tdp_forced_root_level", "tdp_max_root_level", "tdp_huge_page_level"]
 UNFIXED = ["enable_tdp", "tdp_max_root_level", "tdp_huge_page_level"]
-# Debian 6.1.0-56's vmlinux BTF, as inferred from kvm.ko (and, independently, kvm-amd.ko).
+# Debian 6.1.0-56's vmlinux BTF: its header's str_len and bpftool's type count, read from the
+# vmlinuz of linux-image-6.1.0-56-amd64 6.1.192-2 (test_debian61_base_is_the_real_vmlinux_btf).
 DEBIAN61_BASE_STR_LEN = 1794309
 DEBIAN61_BASE_TYPES = 100750
+DEBIAN61_PACKAGE = ("linux-image-6.1.0-56-amd64", "bookworm", "6.1.192-2")
 
 FUZZ = settings(
     max_examples=40,
@@ -342,6 +346,79 @@ def test_debian61_geometry_agrees_between_modules() -> None:
     kvm = geometry(debian_btf("debian-6.1.192-2", "kvm.ko"))
     amd = geometry(debian_btf("debian-6.1.192-2", "kvm-amd.ko"))
     assert kvm == amd == (DEBIAN61_BASE_STR_LEN, DEBIAN61_BASE_TYPES)
+
+
+def _package_files(deb: Path, wanted: set[str]) -> dict[str, bytes]:
+    """Files of a .deb read with Debian's dpkg-deb and tarfile, not with scanner.kernelpkg."""
+    if not shutil.which("dpkg-deb"):
+        pytest.skip("needs kernels: dpkg-deb is not installed to read the Debian package")
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    found: dict[str, bytes] = {}
+    try:
+        assert proc.stdout is not None
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            for info in tar:
+                name = info.name.removeprefix("./")
+                if name in wanted and info.isreg():
+                    member = tar.extractfile(info)
+                    assert member is not None
+                    found[name] = member.read()
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
+        proc.wait()
+    assert set(found) == wanted
+    return found
+
+
+def test_debian61_base_is_the_real_vmlinux_btf(tmp_path: Path) -> None:
+    """The pinned geometry, and what the probe infers from kvm.ko without a base, are the
+    real base's: the vmlinux BTF inside the same package's vmlinuz, measured by its own
+    header (struct btf_header, include/uapi/linux/btf.h) and bpftool's type count. Over that
+    real base, bpftool decodes kvm.ko's kvm_configure_mmu with the fix's parameter."""
+    from tests.packages import debian_package
+
+    name, suite, version = DEBIAN61_PACKAGE
+    deb = debian_package(name, suite)
+    assert deb.name == f"{name}_{version}_amd64.deb"
+    release = name.removeprefix("linux-image-")
+    kvm_path = f"lib/modules/{release}/kernel/arch/x86/kvm/kvm.ko"
+    files = _package_files(deb, {f"boot/vmlinuz-{release}", kvm_path})
+    # The package's kvm.ko is the carried artefact.
+    assert files[kvm_path] == kernel_file("debian-6.1.192-2", "kvm.ko")
+    # bzImage: a setup stub, then the xz-compressed vmlinux (CONFIG_KERNEL_XZ=y).
+    vmlinuz = files[f"boot/vmlinuz-{release}"]
+    start = vmlinuz.find(b"\xfd7zXZ\x00")
+    assert start > 0
+    decoder = lzma.LZMADecompressor(lzma.FORMAT_XZ)
+    vmlinux = decoder.decompress(vmlinuz[start:])
+    assert decoder.eof and vmlinux[:4] == b"\x7fELF"
+    from io import BytesIO
+
+    from elftools.elf.elffile import ELFFile
+
+    section = ELFFile(BytesIO(vmlinux)).get_section_by_name(".BTF")
+    assert section is not None
+    base_btf = section.data()
+    del vmlinux
+    magic, _version, _flags, hdr_len, _t_off, _t_len, _s_off, str_len = struct.unpack_from(
+        "<HBBIIIII", base_btf
+    )
+    assert (magic, hdr_len) == (0xEB9F, 24)
+    base = tmp_path / "vmlinux.btf"
+    base.write_bytes(base_btf)
+    raw = subprocess.run(
+        [bpftool(), "btf", "dump", "file", str(base), "format", "raw"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    type_count = max(int(m[1]) for m in (_REC.match(line) for line in raw.splitlines()) if m)
+    assert (str_len, type_count) == (DEBIAN61_BASE_STR_LEN, DEBIAN61_BASE_TYPES)
+    assert geometry(debian_btf("debian-6.1.192-2", "kvm.ko")) == (str_len, type_count)
+    ko = tmp_path / "kvm.ko"
+    ko.write_bytes(files[kvm_path])
+    assert bpftool_dump(ko, base).params(MMU) == FIXED
 
 
 def test_debian61_decodes_like_bpftool_over_standin_base(tmp_path: Path) -> None:
