@@ -34,6 +34,7 @@ from scanner.history import (
 
 Kind = Literal["sweep", "evaluate", "gate"]
 SCHEMA_VERSION = 1
+DEFAULT_OPEN = frozenset({Verdict.AFFECTED})
 VERDICT_COLUMNS = ("affected", "at_risk", "pass", "not_applicable", "unknown")
 
 _SCHEMA = """
@@ -224,7 +225,7 @@ class Store:
         kind: Kind,
         report_path: str | None = None,
         sinks: tuple[str, ...] = (),
-        open_on: frozenset[Verdict] = frozenset({Verdict.AFFECTED}),
+        open_on: frozenset[Verdict] | dict[str, frozenset[Verdict]] = frozenset({Verdict.AFFECTED}),
         queue: bool = True,
         extra_payloads: dict[str, dict[str, Any]] | None = None,
     ) -> Recorded:
@@ -303,7 +304,10 @@ class Store:
                 recorded = Recorded(run_id)
                 for sink in sinks:
                     known = self._ticket_states(sink, stream)
-                    events, updated = transitions(known, snapshot, open_on)
+                    opens = (
+                        open_on.get(sink, DEFAULT_OPEN) if isinstance(open_on, dict) else open_on
+                    )
+                    events, updated = transitions(known, snapshot, opens)
                     recorded.queued[sink] = events
                     if not queue:
                         continue

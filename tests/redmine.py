@@ -21,6 +21,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -143,12 +144,13 @@ class Redmine:
     name: str
     process: subprocess.Popen[bytes] | None = None
 
-    def get(self, path: str, **params: str) -> dict:  # type: ignore[type-arg]
+    def get(self, path: str, **params: str) -> dict[str, Any]:
         response = requests.get(
             self.url + path, params=params, headers={"X-Redmine-API-Key": self.key}, timeout=30
         )
         response.raise_for_status()
-        return response.json()  # type: ignore[no-any-return]
+        answer: dict[str, Any] = response.json()
+        return answer
 
     def start(self, boot_timeout: float = 240) -> None:
         port = int(self.url.rsplit(":", 1)[1])

@@ -248,3 +248,15 @@ def test_wrong_credentials_are_a_sink_failure_without_the_secret(
     code, err = sweep(capsys, fleet, target, tmp_path / "h.sqlite")
     assert code == 3 and "HTTP 401" in err
     assert target.tickets() == []
+
+
+def test_a_sink_can_open_on_at_risk(
+    capsys: pytest.CaptureFixture[str], fleet: Fleet, target: Target, tmp_path: Path
+) -> None:
+    fleet.set(a="at_risk")
+    db = tmp_path / "h.sqlite"
+    assert sweep(capsys, fleet, target, db)[0] == 0
+    assert target.tickets() == []  # at_risk opens nothing by default
+    target.sink += "&open_on=at_risk" if "?" in target.sink else "?open_on=at_risk"
+    assert sweep(capsys, fleet, target, db)[0] == 0
+    assert target.ticket("a") == (True, 0)

@@ -219,6 +219,11 @@ def test_secret_never_in_any_output(
             "FLEETSCAN_JIRA_TOKEN",
         ),
         (["--sink", "servicenow=http://127.0.0.1/"], {}, "FLEETSCAN_SERVICENOW"),
+        (
+            ["--sink", "redmine=http://127.0.0.1/?project=p&open_on=never"],
+            {"FLEETSCAN_REDMINE_API_KEY": "k"},
+            "open_on",
+        ),
         (["--sink", "webhook=http://127.0.0.1/x", "--no-history"], {}, "need the history"),
     ],
 )

@@ -194,9 +194,9 @@ def record(report: ScanReport, args: argparse.Namespace, kind: Kind, published: 
         sinks = []
     path = Path(args.db) if getattr(args, "db", None) else default_path()
     dry_run = bool(getattr(args, "dry_run", False))
-    open_on = frozenset({Verdict.AFFECTED})
-    if getattr(args, "open_on", "affected") == "at_risk":
-        open_on = frozenset({Verdict.AFFECTED, Verdict.AT_RISK})
+    # A sink's own open_on option (e.g. jira=URL?project=OPS&open_on=at_risk) wins over --open-on.
+    default = getattr(args, "open_on", "affected")
+    open_on = {s.key: OPEN_ON[s.spec.options.get("open_on", default)] for s in sinks}
     extra: dict[str, dict[str, Any]] = {}
     if getattr(args, "sink_payload", "events") == "report":
         whole = report.model_dump(mode="json", by_alias=True)
@@ -242,10 +242,14 @@ def gated_boots(store: Store, run_id: int) -> None:
     )
 
 
+OPEN_ON = {
+    "affected": frozenset({Verdict.AFFECTED}),
+    "at_risk": frozenset({Verdict.AFFECTED, Verdict.AT_RISK}),
+}
+
+
 def log(sink: Sink, message: str) -> None:
-    spec = getattr(sink, "spec", None)
-    where = spec.where if spec is not None else sink.name
-    stderr().print(f"fleetscan: sink {where}: {message}", markup=False)
+    stderr().print(f"fleetscan: sink {sink.spec.where}: {message}", markup=False)
 
 
 def deliver(store: Store, sinks: list[Sink]) -> int:

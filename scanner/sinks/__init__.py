@@ -26,6 +26,7 @@ class SinkConfigError(Exception):
 
 class Sink(Protocol):
     name: str
+    spec: SinkSpec
     # The sink's identity in the history (its ticket states and outbox): NAME=URL.
     key: str
     # Ticketing sinks follow the fleet's current state; gate predictions never move tickets.
@@ -85,6 +86,10 @@ def spec_of(name: str, url: str, where: str, options: dict[str, str]) -> SinkSpe
         # A ticketing sink's URL is the server's base: the query holds fleetscan's options.
         merged = {**dict(parse_qsl(parts.query)), **merged}
         url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+    if merged.get("open_on", "affected") not in ("affected", "at_risk"):
+        raise SinkConfigError(
+            f"{where} {name}: open_on={merged['open_on']!r}: give affected or at_risk"
+        )
     if "timeout" in merged:
         try:
             if not 0 < float(merged["timeout"]) <= 600:
