@@ -327,6 +327,7 @@ class Judged:
 
     line: str
     report: HostReport
+    where: str = ""
 
 
 _JUDGE: Judge | None = None
@@ -347,7 +348,7 @@ def _judge_chunk(entries: list[Entry]) -> list[Judged | BadLine | None]:
                 out.append(host)
                 continue
             report = _JUDGE(*host)
-            out.append(Judged(jsonl.host(report), thin(report)))
+            out.append(Judged(jsonl.host(report), thin(report), entry.where))
     return out
 
 

@@ -127,6 +127,7 @@ def test_corrupt_lines_are_named_and_the_rest_judged(
     # Line 3 cut in half, line 5 not an object: the hosts on lines 2 and 4 still count.
     lines[2] = lines[2][: len(lines[2]) // 2]
     lines[4] = "[1, 2]"
+    lines.insert(5, lines[1])  # the first host again, as line 6
     broken.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.jsonl"
     code, printed, err = run(
@@ -134,6 +135,8 @@ def test_corrupt_lines_are_named_and_the_rest_judged(
     )
     assert code == 2
     assert f"{broken}:3: not JSON" in err and f"{broken}:5: expected a JSON object" in err
+    first = json.loads(lines[1])["host"]
+    assert f"{broken}:6: host {first} again (first at {broken}:2)" in err
     assert "Traceback" not in err
     judged = [h["host"] for h in json.loads(printed)["hosts"]]
     assert judged == [json.loads(lines[1])["host"], json.loads(lines[3])["host"]]

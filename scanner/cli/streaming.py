@@ -24,6 +24,7 @@ from scanner.output import STDOUT, OutputError, open_output
 from scanner.report import jsonl, table
 from scanner.stream import (
     BadLine,
+    Entry,
     Judge,
     host_of,
     is_jsonl,
@@ -52,15 +53,26 @@ def large(path: Path, args: argparse.Namespace) -> bool:
     return path.stat().st_size > stream_bytes()
 
 
+def duplicate(where: str, host: str, first: str) -> BadLine:
+    """A host given twice: only its first line is judged (`fleetscan merge` picks the newest)."""
+    return BadLine(where, f"host {host} again (first at {first}); only the first is judged")
+
+
 def read_small(path: Path) -> tuple[Hosts, list[BadLine]]:
-    """Every host of a small input, parsed; a later line for the same host wins."""
+    """Every host of a small input, parsed; a host's later lines are bad lines."""
     hosts: Hosts = {}
+    first: dict[str, str] = {}
     bad: list[BadLine] = []
     for entry in read_entries(path):
         host = entry if isinstance(entry, BadLine) else host_of(entry)
         if isinstance(host, BadLine):
             bad.append(host)
         elif host is not None:
+            if host[0] in first:
+                assert isinstance(entry, Entry)
+                bad.append(duplicate(entry.where, host[0], first[host[0]]))
+                continue
+            first[host[0]] = entry.where if isinstance(entry, Entry) else ""
             hosts[host[0]] = host[1]
     return hosts, bad
 
@@ -140,10 +152,16 @@ def stream_report(
                 writers.append(Writer(handle, lines, head))
             if args.output != STDOUT and args.format in ("json", "jsonl"):
                 writers.append(Writer(sys.stdout, args.format == "jsonl", head))
+            first: dict[str, str] = {}
             for item in judged:
                 if isinstance(item, BadLine):
                     bad.append(item)
                     continue
+                name = item.report.host
+                if name in first:
+                    bad.append(duplicate(item.where, name, first[name]))
+                    continue
+                first[name] = item.where
                 for writer in writers:
                     writer.host(item.line)
                 kept.append(item.report)
