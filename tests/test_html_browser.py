@@ -221,7 +221,7 @@ def test_hostile_text_is_text_inline_and_lazy(
         assert_no_alert(browser)
         # A lazily opened host shows the same findings as the inline page.
         rows = host.find_elements(By.CSS_SELECTOR, "table.evidence tbody tr")
-        assert len(rows) == sum(len(f.evidence) for f in built.hosts[0].findings)
+        assert len(rows) == sum(len(f.evidence) for f in built.hosts[0].source.findings)
         assert console_errors(browser) == []
 
 

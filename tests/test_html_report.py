@@ -156,7 +156,7 @@ def test_lazy_details_carry_the_same_findings(fleet: ScanReport) -> None:
     for row in built.hosts[2:]:
         entries = data["hosts"][row.anchor]
         s = data["strings"]
-        for (index, fingerprint), finding in zip(entries, row.findings, strict=True):
+        for (index, fingerprint), finding in zip(entries, page.findings_of(row), strict=True):
             stored = data["findings"][index]
             assert [s[i] for i in stored[:6]] == [
                 finding.rule_id,
@@ -326,3 +326,23 @@ def test_history_feeds_the_trend_chart() -> None:
     affected = bars[0].segments[0]
     assert affected[0] == Verdict.AFFECTED.value and affected[4] == pytest.approx(150.0)
     assert "Trend over the last 2 run(s)" in html.render(report, history)
+
+
+def test_incomplete_run_and_waivers_that_need_a_person_are_said(fleet: ScanReport) -> None:
+    from scanner.findings import WaiverNotice, WaiverStatus
+
+    fleet.complete = False
+    notice = WaiverNotice(
+        source="waivers.yaml:3",
+        rule_id="kvm-amd-la57-npt",
+        host="db-07",
+        owner="ops",
+        expires="2026-01-01T00:00:00Z",
+    )
+    fleet.waivers = WaiverStatus(file="waivers.yaml", expired=[notice], stale=[notice])
+    root = dom(html.render(fleet))
+    assert any(e.get("id") == "incomplete" for e in root.iter(NS + "p"))
+    notes = next(e for e in root.iter(NS + "ul") if e.get("id") == "waiver-notes")
+    texts = [text_of(li) for li in notes.iter(NS + "li")]
+    assert texts[0].startswith("Waiver expired, no longer waiving: kvm-amd-la57-npt on db-07")
+    assert texts[1].startswith("Waiver stale, the host passes: kvm-amd-la57-npt on db-07")

@@ -126,7 +126,7 @@ def run_report(args: argparse.Namespace) -> int:
     if Path(args.report).is_file():
         check_report_version(Path(args.report))
     try:
-        report = load(Path(args.report))
+        report = load(Path(args.report), slim=bool(args.html))
     except SavedReportError as exc:
         raise UsageError(str(exc)) from None
     if not args.html:

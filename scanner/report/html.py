@@ -25,7 +25,17 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from scanner.findings import ScanReport, Verdict
-from scanner.report.page import DEFAULT_BLOCKING, History, HostRow, Page, build
+from scanner.report.page import (
+    DEFAULT_BLOCKING,
+    History,
+    HostRow,
+    Page,
+    build,
+    findings_of,
+    ordered_findings,
+    show,
+    waived,
+)
 
 INLINE_DETAILS = 500
 
@@ -60,28 +70,40 @@ def lazy_details(rows: Iterable[HostRow]) -> dict[str, Any]:
     strings: dict[str, int] = {}
     evidence: dict[tuple[int, int, int], int] = {}
     findings: dict[tuple[Any, ...], int] = {}
+    shown: dict[tuple[type, Any], int] = {}
 
     def text(value: str) -> int:
         return strings.setdefault(value, len(strings))
 
+    def value_text(value: Any) -> int:
+        # Scalars repeat across a fleet: format each distinct one once.
+        if value is None or isinstance(value, str | int | float | bool):
+            key = (type(value), value)
+            if key not in shown:
+                shown[key] = text(show(value))
+            return shown[key]
+        return text(show(value))
+
     hosts: dict[str, list[list[Any]]] = {}
     for row in rows:
         entries = []
-        for finding in row.findings:
+        for finding in ordered_findings(row.source):
             rows_ = tuple(
-                evidence.setdefault((text(e.fact), text(e.value), text(e.source)), len(evidence))
+                evidence.setdefault(
+                    (text(e.fact), value_text(e.value), text(e.source or "")), len(evidence)
+                )
                 for e in finding.evidence
             )
             key = (
                 text(finding.rule_id),
-                text(finding.verdict),
+                text(finding.verdict.value),
                 text(finding.severity),
                 text(finding.title),
                 text(finding.reason),
                 text(finding.remediation),
                 int(finding.observed),
                 rows_,
-                text(finding.waived),
+                text(waived(finding)),
             )
             entries.append([findings.setdefault(key, len(findings)), finding.fingerprint])
         hosts[row.anchor] = entries
@@ -106,7 +128,7 @@ def render_page(page: Page, inline: int = INLINE_DETAILS) -> str:
         .get_template("report.html.j2")
         .render(
             page=page,
-            inline_hosts={row.anchor for row in page.hosts[:inline]},
+            inline_details={row.anchor: findings_of(row) for row in page.hosts[:inline]},
             lazy_count=len(lazy),
             lazy_data=Markup(data),
             style=Markup(_static("report.css")),

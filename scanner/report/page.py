@@ -130,7 +130,9 @@ class HostRow:
     fix: str
     reason: str
     error: str
-    findings: list[FindingView]
+    finding_count: int
+    # The host as reported: its findings are turned into views only where the page shows them.
+    source: HostReport = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -190,9 +192,12 @@ class Page:
     history: History | None
     trend: list[TrendBar] = field(default_factory=list)
     trend_max: int = 0
+    complete: bool = True
+    # Waivers that need a person: expired (no longer waiving) and stale (the host passes).
+    waiver_notes: list[str] = field(default_factory=list)
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     """Evidence values as a reader wants them: yes/no, lists joined, structures as JSON."""
     if value is None:
         return "—"
@@ -278,14 +283,14 @@ def _finding(finding: Finding) -> FindingView:
         observed=finding.observed,
         fingerprint=finding.fingerprint,
         evidence=[
-            EvidenceRow(fact=e.fact, value=_show(e.value), source=e.source or "")
+            EvidenceRow(fact=e.fact, value=show(e.value), source=e.source or "")
             for e in finding.evidence
         ],
-        waived=_waived(finding),
+        waived=waived(finding),
     )
 
 
-def _waived(finding: Finding) -> str:
+def waived(finding: Finding) -> str:
     waiver = finding.waiver
     if waiver is None:
         return ""
@@ -299,7 +304,6 @@ def host_row(host: HostReport, index: int) -> HostRow:
     cpu, cpu_detail = cpu_of(facts)
     worst = sorted((f for f in host.findings if f.verdict == host.verdict), key=lambda f: f.rule_id)
     reason = worst[0].reason if worst else (host.error.message if host.error else "")
-    ordered = sorted(host.findings, key=lambda f: (-f.verdict.rank, f.rule_id))
     return HostRow(
         host=host.host,
         anchor=f"host-{index}",
@@ -314,8 +318,18 @@ def host_row(host: HostReport, index: int) -> HostRow:
         fix=_fix(facts),
         reason=reason,
         error=f"{host.error.kind}: {host.error.message}" if host.error else "",
-        findings=[_finding(f) for f in ordered],
+        finding_count=len(host.findings),
+        source=host,
     )
+
+
+def ordered_findings(host: HostReport) -> list[Finding]:
+    """A host's findings as the page lists them: worst first, then by rule."""
+    return sorted(host.findings, key=lambda f: (-f.verdict.rank, f.rule_id))
+
+
+def findings_of(row: HostRow) -> list[FindingView]:
+    return [_finding(f) for f in ordered_findings(row.source)]
 
 
 def unknown_reason(host: HostReport) -> str:
@@ -513,4 +527,22 @@ def build(
         history=history,
         trend=trend,
         trend_max=trend_max,
+        complete=report.complete,
+        waiver_notes=_waiver_notes(report),
     )
+
+
+def _waiver_notes(report: ScanReport) -> list[str]:
+    status = report.waivers
+    if status is None:
+        return []
+    notes = [
+        f"expired, no longer waiving: {n.rule_id} on {n.host} (owner {n.owner}, expired"
+        f" {n.expires}; {n.source})"
+        for n in status.expired
+    ]
+    notes += [
+        f"stale, the host passes: {n.rule_id} on {n.host} (owner {n.owner}; {n.source})"
+        for n in status.stale
+    ]
+    return notes

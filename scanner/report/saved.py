@@ -26,21 +26,52 @@ def _where(exc: ValidationError) -> str:
     return f"{field}: {first['msg']}"
 
 
+# The facts the page shows (scanner.report.page); with slim=True the rest (provenance, flags,
+# fix signals: most of a saved report's bytes) is dropped before validation.
+PAGE_FACTS = {
+    "cpu": (
+        "vendor",
+        "family",
+        "model",
+        "model_name",
+        "hypervisor",
+        "la57_enabled",
+        "la57_capable",
+    ),
+    "kernel": ("release", "base_version"),
+    "os": ("id", "version_id"),
+    "kvm": ("kb_stream", "fix", "fix_signal", "fix_confidence", "contradiction"),
+}
+
+
+def _slim(host: Any) -> Any:
+    if isinstance(host, dict) and isinstance(host.get("facts"), dict):
+        facts = host["facts"]
+        host["facts"] = {
+            section: {k: facts[section][k] for k in keys if k in facts[section]}
+            for section, keys in PAGE_FACTS.items()
+            if isinstance(facts.get(section), dict)
+        }
+    return host
+
+
 def _recount(report: ScanReport) -> ScanReport:
     counted = ScanReport.of(report.hosts, report.candidate)
     return report.model_copy(update={"summary": counted.summary})
 
 
-def _from_json(path: Path, document: Any) -> ScanReport:
+def _from_json(path: Path, document: Any, slim: bool) -> ScanReport:
     if not isinstance(document, dict) or "hosts" not in document:
         raise SavedReportError(f"{path}: not a fleetscan report (no hosts)")
+    if slim and isinstance(document["hosts"], list):
+        document["hosts"] = [_slim(host) for host in document["hosts"]]
     try:
         return _recount(ScanReport.model_validate(document))
     except ValidationError as exc:
         raise SavedReportError(f"{path}: {_where(exc)}") from None
 
 
-def _from_lines(path: Path, text: str) -> ScanReport:
+def _from_lines(path: Path, text: str, slim: bool) -> ScanReport:
     header: dict[str, Any] = {}
     hosts: list[HostReport] = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -54,7 +85,7 @@ def _from_lines(path: Path, text: str) -> ScanReport:
             raise SavedReportError(f"{path}:{number}: expected a JSON object")
         if "host" in item:
             try:
-                hosts.append(HostReport.model_validate(item))
+                hosts.append(HostReport.model_validate(_slim(item) if slim else item))
             except ValidationError as exc:
                 raise SavedReportError(f"{path}:{number}: {_where(exc)}") from None
         elif "schema_version" in item and not header:
@@ -80,8 +111,8 @@ def _first_line_is_object(text: str) -> bool:
         return False
 
 
-def load(path: Path) -> ScanReport:
-    """A report saved by `--output` (JSON or JSON Lines)."""
+def load(path: Path, slim: bool = False) -> ScanReport:
+    """A report saved by `--output` (JSON or JSON Lines); `slim` keeps only PAGE_FACTS."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -92,6 +123,6 @@ def load(path: Path) -> ScanReport:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         if _first_line_is_object(text):
-            return _from_lines(path, text)
+            return _from_lines(path, text, slim)
         raise SavedReportError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
-    return _from_json(path, document)
+    return _from_json(path, document, slim)
