@@ -144,9 +144,13 @@ def test_default_sweep_is_this_host_and_writes_a_valid_report(tmp_path: Path) ->
     import jsonschema
 
     output = tmp_path / "report.json"
+    page = tmp_path / "report.html"
     fleetscan = str(Path(PY).parent / "fleetscan")
     proc = subprocess.run(
-        [fleetscan, "sweep", "--output", str(output)], capture_output=True, text=True, timeout=300
+        [fleetscan, "sweep", "--output", str(output), "--html", str(page)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     report = json.loads(output.read_text())
     # README: exit 1 when a host is at or above --fail-on (default affected), else 0.
@@ -158,6 +162,14 @@ def test_default_sweep_is_this_host_and_writes_a_valid_report(tmp_path: Path) ->
     jsonschema.validate(report, schema)
     assert [h["host"] for h in report["hosts"]] == ["localhost"]
     assert report["hosts"][0]["facts"]["kernel"]["release"] == os.uname().release
+    # ... and its page: valid HTML5 (strict parse), this host in it, the same verdict.
+    import html5lib
+
+    root = html5lib.HTMLParser(strict=True, namespaceHTMLElements=False).parse(page.read_text())
+    rows = [t for t in root.iter("tbody") if t.get("data-host")]
+    assert [(t.get("data-host"), t.get("data-verdict")) for t in rows] == [
+        ("localhost", report["hosts"][0]["verdict"])
+    ]
 
 
 # --- over real SSH ---------------------------------------------------------------------
