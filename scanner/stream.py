@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scanner.derive import derive_all
 from scanner.evaluate import evaluate_host, failed_host, paused_gc
 from scanner.facts import HostFacts
-from scanner.findings import HostError, HostReport, Kernels
+from scanner.findings import HostError, HostReport, Kernels, Verdict
 from scanner.inputs import InputError, host_from_entry, host_from_raw
 from scanner.report import jsonl
 from scanner.rules import Rule
@@ -291,9 +291,13 @@ def host_of(entry: Entry) -> Host | BadLine | None:
 class Judge:
     """Judges one host: as it runs now, or (gate) as it will be after booting a candidate."""
 
-    def __init__(self, rules: list[Rule], candidate: Candidate | None = None) -> None:
+    def __init__(
+        self, rules: list[Rule], candidate: Candidate | None = None, evidence: bool = False
+    ) -> None:
         self.rules = rules
         self.candidate = candidate
+        # Keep the evidence of findings that need action in streamed thin reports (--junit).
+        self.evidence = evidence
 
     def __call__(self, name: str, outcome: HostFacts | HostError) -> HostReport:
         if isinstance(outcome, HostError):
@@ -311,12 +315,19 @@ class Judge:
         return report
 
 
-def thin(report: HostReport) -> HostReport:
-    """What the table, history and exit code need of a host: no facts, no evidence."""
+ACTION = frozenset({Verdict.AFFECTED, Verdict.AT_RISK, Verdict.UNKNOWN})
+
+
+def thin(report: HostReport, evidence: bool = False) -> HostReport:
+    """What the table, history and exit code need of a host: no facts, and no evidence
+    unless `evidence` (a JUnit file shows it for the findings that need action)."""
     return report.model_copy(
         update={
             "facts": None,
-            "findings": [f.model_copy(update={"evidence": []}) for f in report.findings],
+            "findings": [
+                f if evidence and f.verdict in ACTION else f.model_copy(update={"evidence": []})
+                for f in report.findings
+            ],
         }
     )
 
@@ -348,7 +359,7 @@ def _judge_chunk(entries: list[Entry]) -> list[Judged | BadLine | None]:
                 out.append(host)
                 continue
             report = _JUDGE(*host)
-            out.append(Judged(jsonl.host(report), thin(report), entry.where))
+            out.append(Judged(jsonl.host(report), thin(report, _JUDGE.evidence), entry.where))
     return out
 
 

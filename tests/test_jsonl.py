@@ -174,6 +174,26 @@ def test_gate_streams_jsonl_facts(
     assert "testcase" in junit.read_text()
 
 
+def test_streamed_gate_junit_keeps_the_evidence(
+    capsys: pytest.CaptureFixture[str], saved: dict[str, Path], mode: str, tmp_path: Path
+) -> None:
+    # 5.10 without the backport: the Genoa host with 5-level paging would hang its guests.
+    junit = tmp_path / "gate.xml"
+    code, _, err = run(
+        capsys,
+        "gate",
+        "--kernel-version",
+        "5.10.0-9-amd64",
+        "--facts",
+        str(saved["jsonl"]),
+        "--junit",
+        str(junit),
+    )
+    assert code == 1, err
+    text = junit.read_text()
+    assert "<failure" in text and "cpu.vendor = 'AuthenticAMD' (/proc/cpuinfo)" in text
+
+
 def test_table_of_a_streamed_fleet(
     capsys: pytest.CaptureFixture[str], saved: dict[str, Path], mode: str
 ) -> None:

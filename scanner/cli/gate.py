@@ -83,7 +83,7 @@ def run_gate(args: argparse.Namespace) -> int:
     if sum(sources) > 1:
         raise UsageError("gate: give one of --facts FILE, -i INVENTORY or --root DIR")
     candidate = _candidate(args)
-    judge = Judge(rules, candidate)
+    judge = Judge(rules, candidate, evidence=bool(args.junit))
     blocking = {Verdict.AFFECTED}
     if args.fail_on == "at_risk":
         blocking.add(Verdict.AT_RISK)
