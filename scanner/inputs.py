@@ -176,19 +176,7 @@ def hosts_from_facts_file(path: Path) -> Hosts:
     empty fleet is returned empty (the caller decides whether that is an error).
     """
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        hosts: Hosts = {}
-        for file in files:
-            name, document = cached_facts(file.name, _load_json(file))
-            if _is_host_entry(document):
-                hosts[name] = host_from_raw(name, document, str(file))
-            else:
-                # A host of the cache all the same (its file name): unknown, never dropped.
-                hosts[name] = HostError(
-                    kind="unparsable",
-                    message=f"{file}: no fleetscan_probe fact (got {_json_kind(document)})",
-                )
-        return hosts
+        return hosts_from_fact_cache(path)
     document = _load_json(path)
     if not isinstance(document, dict):
         raise InputError(f"{path}: expected {EXPECTED}; got {_json_kind(document)}")
@@ -206,6 +194,30 @@ def hosts_from_facts_file(path: Path) -> Hosts:
     return {
         str(name): host_from_raw(str(name), value, str(path)) for name, value in document.items()
     }
+
+
+def hosts_from_fact_cache(path: Path) -> Hosts:
+    """Every host of an Ansible fact cache directory, read by Ansible's own jsonfile plugin
+    (scanner/factcache.py). A host whose entry is expired, corrupt or without the
+    fleetscan_probe fact is unknown with the reason, never dropped."""
+    from scanner import factcache
+
+    try:
+        cache = factcache.read(path)
+    except factcache.FactCacheError as exc:
+        raise InputError(str(exc)) from None
+    hosts: Hosts = {}
+    for entry in cache.entries:
+        if entry.facts is None:
+            hosts[entry.host] = HostError(kind="unparsable", message=entry.problem or entry.file)
+        elif _is_host_entry(entry.facts):
+            hosts[entry.host] = host_from_raw(entry.host, entry.facts, entry.file)
+        else:
+            hosts[entry.host] = HostError(
+                kind="unparsable",
+                message=f"{entry.file}: no fleetscan_probe fact (got {_json_kind(entry.facts)})",
+            )
+    return hosts
 
 
 def capture_root(path: Path) -> Path:
