@@ -23,7 +23,8 @@ RECORDED = DATA / "fact-caches"
 
 def sweep_into_cache(tmp_path: Path, cache: Path, **env: str) -> None:
     """ansible-playbook (the installed ansible-core) runs the sweep over a Genoa tree and
-    caches the facts with the jsonfile plugin, as AWX users configure it."""
+    caches the facts with the jsonfile plugin, as AWX users configure it
+    (fleetscan_set_facts=true keeps each host's evidence as its own fact)."""
     tree = Tree(cpuinfo=sample("bergamo-cpuinfo-2-guest.txt")).build(tmp_path / "tree")
     inventory = tmp_path / "inventory"
     inventory.write_text(
@@ -40,7 +41,15 @@ def sweep_into_cache(tmp_path: Path, cache: Path, **env: str) -> None:
         **env,
     }
     done = subprocess.run(
-        [str(Path(bindir) / "ansible-playbook"), "-i", str(inventory), str(PLAYBOOK)],
+        [
+            str(Path(bindir) / "ansible-playbook"),
+            "-i",
+            str(inventory),
+            # Every host's evidence as its fact fleetscan_probe, for the fact cache (AWX).
+            "-e",
+            "fleetscan_set_facts=true",
+            str(PLAYBOOK),
+        ],
         env=run_env,
         capture_output=True,
         text=True,
