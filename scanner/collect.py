@@ -37,6 +37,7 @@ from scanner.interrupt import (
 )
 from scanner.inventory_errors import explain
 from scanner.resources import collections_dir, playbook
+from scanner.shard import select
 
 LOCAL_INVENTORY = "localhost ansible_connection=local ansible_python_interpreter={python}\n"
 
@@ -263,8 +264,12 @@ def sweep(
     canary: bool = False,
     canary_timeout: float = 2.0,
     timeout: int = 60,
+    shard: tuple[int, int] | None = None,
 ) -> SweepResult:
     """Probe every selected host; Interrupted (with the partial SweepResult) on SIGINT/SIGTERM.
+
+    With `shard` (I, N), only the hosts of shard I of N (scanner.shard, by host name) of what
+    the inventory and `limit` select.
 
     On a signal ansible-runner kills ansible-playbook's process group, then every process the
     run started and that escaped it (ssh ControlPersist masters) is ended too.
@@ -287,6 +292,7 @@ def sweep(
                 canary_timeout,
                 catcher,
                 timeout,
+                shard,
             )
         finally:
             if catcher.is_set():
@@ -304,6 +310,7 @@ def _sweep(
     canary_timeout: float,
     catcher: SignalCatcher,
     timeout: int,
+    shard: tuple[int, int] | None = None,
 ) -> SweepResult:
     shown = str(inventory)
     if inventory is None:
@@ -318,9 +325,16 @@ def _sweep(
         catcher.raise_if_set(SweepResult())  # a Ctrl-C also reaches ansible-inventory
         raise
     catcher.raise_if_set(SweepResult())
+    if shard is not None:
+        hosts = select(hosts, *shard)
+        # The playbook runs on exactly these hosts (one name per line: no command-line limit).
+        (private / "shard-hosts").write_text("".join(f"{h}\n" for h in hosts))
+        limit = f"@{private / 'shard-hosts'}"
     if on_total:
         on_total(len(hosts))
     result = SweepResult()
+    if not hosts:
+        return result  # an empty shard: nothing to run
     started: dict[str, float] = {}
 
     lock = threading.Lock()  # the fan-out's stream is read on its own thread

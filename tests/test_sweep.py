@@ -273,3 +273,76 @@ def test_hosts_the_fanout_cannot_honour_go_through_ansible(
     hosts = {h["host"]: h for h in report["hosts"]}
     assert hosts["fanned"]["facts"]["kvm"] == hosts["opted-out"]["facts"]["kvm"]
     assert "1 host(s) probed by the fan-out over SSH from this node, 1 through Ansible's" in err
+
+
+def test_shards_split_the_inventory_stably_by_name(
+    capsys: pytest.CaptureFixture[str], trees: dict[str, Path], tmp_path: Path
+) -> None:
+    from scanner.shard import select
+
+    names = [f"hv-{i:02d}" for i in range(9)]
+    kinds = list(trees)
+    inventory = tmp_path / "inventory"
+    inventory.write_text(
+        "".join(
+            f"{n} {LOCAL} fleetscan_root={trees[kinds[i % len(kinds)]]}\n"
+            for i, n in enumerate(names)
+        )
+    )
+    seen: list[str] = []
+    for index in (1, 2, 3):
+        code, report, err = sweep_report(capsys, "-i", str(inventory), "--shard", f"{index}/3")
+        assert code == 0, err
+        swept = [h["host"] for h in report["hosts"]]
+        # By name, in inventory order: the same on any control node and in any order.
+        assert swept == select(names, index, 3)
+        assert report["scope"].endswith(f", shard {index}/3")
+        seen += swept
+    assert sorted(seen) == names  # every host in exactly one shard
+    # A shard with a --limit is the shard of what the limit selects.
+    code, report, _ = sweep_report(
+        capsys, "-i", str(inventory), "--limit", "hv-0*", "--shard", "1/2"
+    )
+    assert [h["host"] for h in report["hosts"]] == select(names[:9], 1, 2)
+    for bad in ("0/3", "4/3", "3", "a/b", "1/0"):
+        assert main(["sweep", "-i", str(inventory), "--shard", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"fleetscan: --shard {bad!r}: ") and err.count("\n") == 1
+
+
+def test_a_second_sweep_with_the_same_output_is_refused(tmp_path: Path) -> None:
+    """The first sweep waits on a probe that hangs; the second is refused before it sweeps."""
+    import os
+    import time
+
+    hanging = tmp_path / "hanging"
+    (hanging / "proc").mkdir(parents=True)
+    os.mkfifo(hanging / "proc" / "cpuinfo")  # the probe blocks reading it, until --timeout
+    inventory = tmp_path / "inventory"
+    inventory.write_text(f"stuck {LOCAL} fleetscan_root={hanging}\n")
+    output = tmp_path / "report.json"
+    output.write_text('{"previous": "report"}\n')
+    fleetscan = str(Path(PY).parent / "fleetscan")
+    argv = [fleetscan, "sweep", "-i", str(inventory), "--output", str(output), "--timeout", "30"]
+    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = tmp_path / ".report.json.fleetscan-lock"
+        deadline = time.monotonic() + 30
+        while not lock.exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr
+            time.sleep(0.05)
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2
+        assert first.poll() is None  # refused while the first still sweeps, not after it
+        assert "probing" not in second.stderr
+        assert second.stderr.startswith(f"fleetscan: --output {output}: another fleetscan (pid ")
+        assert "is writing this report" in second.stderr and second.stderr.count("\n") == 1
+        assert output.read_text() == '{"previous": "report"}\n'  # untouched meanwhile
+        first.wait(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    report = json.loads(output.read_text())
+    assert report["hosts"][0]["host"] == "stuck"
+    assert "timed out after 30 s" in report["hosts"][0]["findings"][0]["reason"]
+    assert not lock.exists()

@@ -94,6 +94,8 @@ def scope_of(args: argparse.Namespace) -> str:
     where = f"inventory {args.inventory}" if getattr(args, "inventory", None) else "this host"
     if getattr(args, "limit", None):
         where += f" (limit {args.limit})"
+    if getattr(args, "shard", None):
+        where += f", shard {args.shard.strip()}"
     return where
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from scanner import outlock
 from scanner.cli import after
 from scanner.cli.common import (
     UsageError,
@@ -25,6 +26,8 @@ from scanner.interrupt import Interrupted
 def swept_hosts(args: argparse.Namespace, canary: bool = False) -> Hosts:
     from scanner.collect import InventoryError, sweep
     from scanner.progress import SweepProgress
+    from scanner.shard import ShardError
+    from scanner.shard import parse as parse_shard
 
     if args.forks < 1:
         raise UsageError("--forks: must be at least 1")
@@ -32,6 +35,12 @@ def swept_hosts(args: argparse.Namespace, canary: bool = False) -> Hosts:
     if not 1 <= timeout <= 86400:
         raise UsageError("--timeout: give whole seconds between 1 and 86400")
     inventory = Path(args.inventory) if args.inventory else None
+    shard = None
+    if getattr(args, "shard", None):
+        try:
+            shard = parse_shard(args.shard)
+        except ShardError as exc:
+            raise UsageError(str(exc)) from None
     with SweepProgress(stderr()) as progress:
         try:
             result = sweep(
@@ -43,6 +52,7 @@ def swept_hosts(args: argparse.Namespace, canary: bool = False) -> Hosts:
                 canary=canary,
                 canary_timeout=getattr(args, "canary_timeout", 2.0),
                 timeout=timeout,
+                shard=shard,
             )
         except InventoryError as exc:
             raise UsageError(f"inventory {exc}") from None
@@ -63,15 +73,21 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.canary_timeout <= 60:
         raise UsageError("--canary-timeout: give seconds between 0 and 60")
     try:
-        hosts = swept_hosts(args, canary=args.canary)
-    except Interrupted as exc:
-        # What was gathered is kept, in a report that says it is incomplete.
-        if exc.partial is not None and exc.partial.hosts:
-            report = build_report(rules, exc.partial.hosts, scope=scope_of(args))
-            report.complete = False
-            publish(report, args)
-        raise Interrupted(exc.signum) from None
-    return emit(build_report(rules, hosts, scope=scope_of(args)), args)
+        # Held from before the sweep to the last write: a second sweep with the same --output
+        # is refused before it probes anything.
+        with outlock.holding(args.output):
+            try:
+                hosts = swept_hosts(args, canary=args.canary)
+            except Interrupted as exc:
+                # What was gathered is kept, in a report that says it is incomplete.
+                if exc.partial is not None and exc.partial.hosts:
+                    report = build_report(rules, exc.partial.hosts, scope=scope_of(args))
+                    report.complete = False
+                    publish(report, args)
+                raise Interrupted(exc.signum) from None
+            return emit(build_report(rules, hosts, scope=scope_of(args)), args)
+    except outlock.OutputLocked as exc:
+        raise UsageError(str(exc)) from None
 
 
 def register(commands: Any) -> None:
@@ -86,6 +102,11 @@ def register(commands: Any) -> None:
     )
     sweep.add_argument(
         "--forks", type=int, default=10, metavar="N", help="parallel hosts (default 10)"
+    )
+    sweep.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="sweep only shard I of N (hosts split stably by name), for one control node per shard",
     )
     sweep.add_argument(
         "--timeout",
