@@ -359,3 +359,29 @@ def test_uname_a_is_a_release_source_only_when_proc_has_none(tmp_path: Path) -> 
     )
     both = Tree(extra_files={"/sos_commands/kernel/uname_-a": uname}).build(tmp_path / "b")
     assert probe_items(both)["release"]["source"] == "/proc/sys/kernel/osrelease"
+
+
+# --- whatever a capture holds, the readers answer (never raise) ----------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=st.characters(codec="utf-8"), max_size=600))
+def test_lscpu_and_cpuinfo_readers_never_raise(text: str) -> None:
+    from scanner.probe.cpu import lscpu_item, parse_cpuinfo
+
+    fields = parse_lscpu_text(text)
+    item = lscpu_item("/sos_commands/processor/lscpu", fields)
+    assert item["status"] in ("ok", "unparsable")
+    if item["status"] == "ok":
+        assert item["value"]
+    value = parse_cpuinfo(text)
+    assert value["processors"] >= 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=400), extra=st.sampled_from(["", "\x1b[31m", "Linux version 6"]))
+def test_kernel_log_scan_never_raises(text: str, extra: str) -> None:
+    from scanner.probe.kernellog import _dmesg_lines, _scan
+
+    found = _scan(_dmesg_lines(extra + text))
+    assert found["lines"] >= 0
