@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scanner.cli.common import (
     EXIT_OK,
@@ -25,11 +25,14 @@ from scanner.inputs import check_report_version
 from scanner.report import table
 from scanner.report.page import DEFAULT_BLOCKING, Change, History, TrendPoint
 
+if TYPE_CHECKING:
+    from scanner.store import Kind
+
 # Runs the trend shows, this one included.
 TREND_RUNS = 10
 
 
-def history_for(report: ScanReport, path: Path, kinds: tuple[str, ...]) -> History | None:
+def history_for(report: ScanReport, path: Path, kinds: tuple[Kind, ...]) -> History | None:
     """Verdict counts of the last runs up to this report, and what changed since the previous.
 
     None when there is no database or no earlier run of these kinds. A report that is itself
@@ -43,7 +46,7 @@ def history_for(report: ScanReport, path: Path, kinds: tuple[str, ...]) -> Histo
     with Store(path) as store:
         runs = [
             r
-            for r in store.recent_runs(TREND_RUNS * 5, kinds)  # type: ignore[arg-type]
+            for r in store.recent_runs(TREND_RUNS * 5, kinds)
             if r.generated_at <= report.generated_at
         ]
         summary = report.summary
@@ -78,7 +81,7 @@ def history_for(report: ScanReport, path: Path, kinds: tuple[str, ...]) -> Histo
 
 
 def _history(
-    report: ScanReport, args: argparse.Namespace, kinds: tuple[str, ...]
+    report: ScanReport, args: argparse.Namespace, kinds: tuple[Kind, ...]
 ) -> History | None:
     from scanner.store import StoreError, default_path
 
@@ -95,7 +98,7 @@ def write_html(
     report: ScanReport,
     args: argparse.Namespace,
     blocking: Iterable[Verdict] | None = None,
-    kinds: tuple[str, ...] | None = None,
+    kinds: tuple[Kind, ...] | None = None,
 ) -> int:
     """Write --html if given; EXIT_BAD_INPUT with one line when the file cannot be written."""
     if not getattr(args, "html", None):
@@ -104,7 +107,8 @@ def write_html(
 
     command = getattr(args, "command", "")
     if kinds is None:
-        kinds = (command,) if command in ("sweep", "evaluate") else ("sweep", "evaluate")
+        same: dict[str, tuple[Kind, ...]] = {"sweep": ("sweep",), "evaluate": ("evaluate",)}
+        kinds = same.get(command, ("sweep", "evaluate"))
     history = _history(report, args, kinds)
     text = html.render(report, history, DEFAULT_BLOCKING if blocking is None else blocking)
     return write_output(args.html, text, "--html")
