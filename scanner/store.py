@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from scanner.findings import ScanReport, Verdict
+from scanner.findings import ScanReport, Verdict, fingerprint
 from scanner.history import (
     FindingState,
     HostState,
@@ -33,7 +33,8 @@ from scanner.history import (
 )
 
 Kind = Literal["sweep", "evaluate", "gate"]
-SCHEMA_VERSION = 1
+# 2: hosts, rules and kernels interned in `names`; host_verdicts and findings are views.
+SCHEMA_VERSION = 2
 DEFAULT_OPEN = frozenset({Verdict.AFFECTED})
 VERDICT_COLUMNS = ("affected", "at_risk", "pass", "not_applicable", "unknown")
 
@@ -54,24 +55,6 @@ CREATE TABLE IF NOT EXISTS runs (
     pass INTEGER NOT NULL,
     not_applicable INTEGER NOT NULL,
     unknown INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS host_verdicts (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    host TEXT NOT NULL,
-    verdict TEXT NOT NULL,
-    running_kernel TEXT,
-    error_kind TEXT,
-    PRIMARY KEY (run_id, host)
-);
-CREATE INDEX IF NOT EXISTS host_verdicts_by_host ON host_verdicts (host, run_id);
-CREATE TABLE IF NOT EXISTS findings (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    host TEXT NOT NULL,
-    rule_id TEXT NOT NULL,
-    verdict TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    waived INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (run_id, host, rule_id)
 );
 CREATE TABLE IF NOT EXISTS tickets (
     sink TEXT NOT NULL,
@@ -98,6 +81,53 @@ CREATE TABLE IF NOT EXISTS outbox_claims (
     until REAL NOT NULL
 );
 """
+
+# Per run, per host and per host and rule: compact rows (a 100k-host sweep is 400k findings),
+# names interned once; the views give them back by name.
+_TABLES_V2 = (
+    "CREATE TABLE IF NOT EXISTS names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+    """CREATE TABLE IF NOT EXISTS host_rows (
+        run_id INTEGER NOT NULL,
+        host INTEGER NOT NULL,
+        verdict TEXT NOT NULL,
+        running_kernel INTEGER,
+        error_kind TEXT,
+        PRIMARY KEY (run_id, host)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS host_rows_by_host ON host_rows (host, run_id)",
+    """CREATE TABLE IF NOT EXISTS finding_rows (
+        run_id INTEGER NOT NULL,
+        host INTEGER NOT NULL,
+        rule INTEGER NOT NULL,
+        verdict TEXT NOT NULL,
+        waived INTEGER NOT NULL,
+        PRIMARY KEY (run_id, host, rule)
+    ) WITHOUT ROWID""",
+    """CREATE VIEW IF NOT EXISTS host_verdicts AS
+        SELECT r.run_id, h.name AS host, r.verdict, k.name AS running_kernel, r.error_kind
+        FROM host_rows r JOIN names h ON h.id = r.host LEFT JOIN names k ON k.id = r.running_kernel""",
+    """CREATE VIEW IF NOT EXISTS findings AS
+        SELECT f.run_id, h.name AS host, u.name AS rule_id, f.verdict, f.waived
+        FROM finding_rows f JOIN names h ON h.id = f.host JOIN names u ON u.id = f.rule""",
+)
+
+# From schema 1 (host_verdicts and findings were tables with names inline).
+_MIGRATE_FROM_1 = (
+    "ALTER TABLE host_verdicts RENAME TO v1_host_verdicts",
+    "ALTER TABLE findings RENAME TO v1_findings",
+    *_TABLES_V2,
+    "INSERT OR IGNORE INTO names (name) SELECT host FROM v1_host_verdicts"
+    " UNION SELECT running_kernel FROM v1_host_verdicts WHERE running_kernel IS NOT NULL"
+    " UNION SELECT host FROM v1_findings UNION SELECT rule_id FROM v1_findings",
+    "INSERT OR IGNORE INTO host_rows SELECT v.run_id, h.id, v.verdict, k.id, v.error_kind"
+    " FROM v1_host_verdicts v JOIN names h ON h.name = v.host"
+    " LEFT JOIN names k ON k.name = v.running_kernel",
+    "INSERT OR IGNORE INTO finding_rows SELECT v.run_id, h.id, u.id, v.verdict, v.waived"
+    " FROM v1_findings v JOIN names h ON h.name = v.host JOIN names u ON u.name = v.rule_id",
+    "DROP TABLE v1_host_verdicts",
+    "DROP TABLE v1_findings",
+    "UPDATE meta SET value = '2' WHERE key = 'schema_version'",
+)
 
 
 class StoreError(Exception):
@@ -174,12 +204,19 @@ class Store:
             if not mode or str(mode[0]).lower() != "wal":
                 raise StoreError(f"history database {path}: cannot switch to WAL mode")
             self._db.execute("PRAGMA foreign_keys = ON")
+            # WAL with NORMAL: never corrupt; a power cut may lose the last report's record.
+            self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.row_factory = sqlite3.Row
             # executescript commits on its own; every statement is idempotent.
             self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
+            self._migrate()
+            with self._transaction() as db:
+                for statement in _TABLES_V2:
+                    db.execute(statement)
+                db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
             version = self._db.execute(
                 "SELECT value FROM meta WHERE key = 'schema_version'"
             ).fetchone()
@@ -190,6 +227,15 @@ class Store:
         except sqlite3.Error as exc:
             self._db.close()
             raise StoreError(f"history database {path}: unusable ({exc})") from None
+
+    def _migrate(self) -> None:
+        """Bring a schema 1 database to schema 2 in one transaction (another process may race)."""
+        with self._transaction() as db:
+            version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if version is None or version[0] != "1":
+                return
+            for statement in _MIGRATE_FROM_1:
+                db.execute(statement)
 
     def close(self) -> None:
         self._db.close()
@@ -236,16 +282,9 @@ class Store:
         `extra_payloads` adds one outbox item per named sink (e.g. the whole report for a
         webhook with `--sink-payload report`).
         """
-        snapshot = snapshot_of(report)
         stream = (
             f"candidate:{report.candidate.release}" if report.candidate is not None else "current"
         )
-        # What a ticket says besides the transition: the rule's title, the reason, the fix.
-        details = {
-            f.fingerprint: {"title": f.title, "reason": f.reason, "remediation": f.remediation}
-            for host in report.hosts
-            for f in host.findings
-        }
         summary = report.summary
         counts = (
             summary.affected,
@@ -273,28 +312,30 @@ class Store:
                     ),
                 )
                 run_id = int(cursor.lastrowid or 0)
+                ids = self._intern(db, report)
                 db.executemany(
-                    "INSERT OR REPLACE INTO host_verdicts VALUES (?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO host_rows VALUES (?, ?, ?, ?, ?)",
                     [
                         (
                             run_id,
-                            host.host,
+                            ids[host.host],
                             host.verdict.value,
-                            host.kernels.running if host.kernels else None,
+                            ids[host.kernels.running]
+                            if host.kernels and host.kernels.running
+                            else None,
                             host.error.kind if host.error else None,
                         )
                         for host in report.hosts
                     ],
                 )
                 db.executemany(
-                    "INSERT OR REPLACE INTO findings VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO finding_rows VALUES (?, ?, ?, ?, ?)",
                     [
                         (
                             run_id,
-                            host.host,
-                            f.rule_id,
+                            ids[host.host],
+                            ids[f.rule_id],
                             f.verdict.value,
-                            f.fingerprint,
                             int(f.waiver is not None),
                         )
                         for host in report.hosts
@@ -302,6 +343,18 @@ class Store:
                     ],
                 )
                 recorded = Recorded(run_id)
+                if sinks:
+                    snapshot = snapshot_of(report)
+                    # What a ticket says besides the transition: the rule, the reason, the fix.
+                    details = {
+                        f.fingerprint: {
+                            "title": f.title,
+                            "reason": f.reason,
+                            "remediation": f.remediation,
+                        }
+                        for host in report.hosts
+                        for f in host.findings
+                    }
                 for sink in sinks:
                     known = self._ticket_states(sink, stream)
                     opens = (
@@ -341,6 +394,22 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"history database {self.path}: cannot record ({exc})") from None
         return recorded
+
+    @staticmethod
+    def _intern(db: sqlite3.Connection, report: ScanReport) -> dict[str, int]:
+        """Ids for the report's host names, rule ids and kernel releases."""
+        wanted = {host.host for host in report.hosts}
+        wanted |= {f.rule_id for host in report.hosts for f in host.findings}
+        wanted |= {h.kernels.running for h in report.hosts if h.kernels and h.kernels.running}
+        db.executemany("INSERT OR IGNORE INTO names (name) VALUES (?)", [(n,) for n in wanted])
+        ids: dict[str, int] = {}
+        listed = sorted(wanted)
+        for start in range(0, len(listed), 500):
+            chunk = listed[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            for row in db.execute(f"SELECT id, name FROM names WHERE name IN ({marks})", chunk):
+                ids[row[1]] = row[0]
+        return ids
 
     def _ticket_states(self, sink: str, stream: str) -> dict[str, TicketState]:
         rows = self._db.execute(
@@ -459,7 +528,8 @@ class Store:
             for row in reversed(rows)
         ]
 
-    def snapshot(self, run_id: int) -> Snapshot:
+    def snapshot(self, run_id: int, findings: bool = False) -> Snapshot:
+        """A run's host verdicts; with `findings`, each host's findings too (slower on big runs)."""
         runs = self._query("SELECT kind, generated_at FROM runs WHERE id = ?", (run_id,))
         if not runs:
             raise StoreError(f"history database {self.path}: no run {run_id}")
@@ -468,14 +538,21 @@ class Store:
             "SELECT host, verdict FROM host_verdicts WHERE run_id = ?", (run_id,)
         ):
             hosts[row["host"]] = HostState(Verdict(row["verdict"]), {})
-        for row in self._query(
-            "SELECT host, rule_id, verdict, fingerprint, waived FROM findings WHERE run_id = ?",
-            (run_id,),
-        ):
+        rows = (
+            self._query(
+                "SELECT host, rule_id, verdict, waived FROM findings WHERE run_id = ?", (run_id,)
+            )
+            if findings
+            else []
+        )
+        for row in rows:
             state = hosts.get(row["host"])
             if state is not None:
                 state.findings[row["rule_id"]] = FindingState(
-                    row["rule_id"], Verdict(row["verdict"]), row["fingerprint"], bool(row["waived"])
+                    row["rule_id"],
+                    Verdict(row["verdict"]),
+                    fingerprint(row["host"], row["rule_id"]),
+                    bool(row["waived"]),
                 )
         label = f"{runs[0]['kind']} #{run_id} ({runs[0]['generated_at']})"
         return Snapshot(label, runs[0]["generated_at"], hosts)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from scanner.cli import main
+from scanner.findings import fingerprint
 from scanner.history import Snapshot, diff
 from scanner.store import Store, default_path
 from tests.changing import Fleet, build_states
@@ -75,7 +76,7 @@ def test_evaluations_recorded_and_diffed(
         assert [r.counts["affected"] for r in runs] == [2, 1]
         assert runs[0].hosts == 5 and runs[1].hosts == 5
         # Per host and rule: every finding of the first report is there with its fingerprint.
-        snap = store.snapshot(runs[0].id)
+        snap = store.snapshot(runs[0].id, findings=True)
         expected = {
             (h["host"], f["rule_id"]): (f["verdict"], f["fingerprint"])
             for h in first["hosts"]
@@ -238,3 +239,49 @@ def test_diff_of_snapshots_is_pure() -> None:
     assert [c.host for c in result.newly_affected] == ["a"]
     assert [c.host for c in result.became_unknown] == ["b"]
     assert result.unchanged == 1
+
+
+SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1');
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, mode TEXT NOT NULL,
+    generated_at TEXT NOT NULL, recorded_at TEXT NOT NULL, candidate_release TEXT,
+    candidate TEXT, report_path TEXT, hosts INTEGER NOT NULL, affected INTEGER NOT NULL,
+    at_risk INTEGER NOT NULL, pass INTEGER NOT NULL, not_applicable INTEGER NOT NULL,
+    unknown INTEGER NOT NULL
+);
+CREATE TABLE host_verdicts (
+    run_id INTEGER NOT NULL REFERENCES runs(id), host TEXT NOT NULL, verdict TEXT NOT NULL,
+    running_kernel TEXT, error_kind TEXT, PRIMARY KEY (run_id, host)
+);
+CREATE INDEX host_verdicts_by_host ON host_verdicts (host, run_id);
+CREATE TABLE findings (
+    run_id INTEGER NOT NULL REFERENCES runs(id), host TEXT NOT NULL, rule_id TEXT NOT NULL,
+    verdict TEXT NOT NULL, fingerprint TEXT NOT NULL, waived INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, host, rule_id)
+);
+INSERT INTO runs VALUES (1, 'sweep', 'current', '2026-01-01T00:00:00Z', '2026-01-01T00:00:01Z',
+    NULL, NULL, NULL, 1, 1, 0, 0, 0, 0);
+INSERT INTO host_verdicts VALUES (1, 'old-host', 'affected', '5.10.0-46-amd64', NULL);
+INSERT INTO findings VALUES (1, 'old-host', 'kvm-amd-la57-npt', 'affected', 'x', 0);
+"""
+
+
+def test_a_schema_1_database_is_migrated_without_loss(tmp_path: Path) -> None:
+    db = tmp_path / "v1.sqlite"
+    with sqlite3.connect(db) as raw:
+        raw.executescript(SCHEMA_1)
+    with Store(db) as store:
+        snap = store.snapshot(1, findings=True)
+        assert snap.hosts["old-host"].verdict.value == "affected"
+        finding = snap.hosts["old-host"].findings["kvm-amd-la57-npt"]
+        assert finding.fingerprint == fingerprint("old-host", "kvm-amd-la57-npt")
+        changes = store.host_changes("old-host")
+        assert [(c.verdict.value, c.running_kernel) for c in changes] == [
+            ("affected", "5.10.0-46-amd64")
+        ]
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("SELECT value FROM meta").fetchone() == ("2",)
+        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert not {"v1_host_verdicts", "v1_findings"} & tables
