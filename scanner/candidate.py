@@ -168,9 +168,24 @@ def _predicted_la57(host: HostFacts, kernel: HostFacts) -> tuple[bool | None, st
     return None, "predicted: unknown (CPU capability or command line not collected)"
 
 
+def _on_host_distribution(kernel: HostFacts, host: HostFacts) -> HostFacts:
+    """The candidate's facts as derived on the host's distribution: a package or a release
+    string has no os-release, and the knowledge base needs one (Ubuntu 20.04's 5.4 is built
+    without 5-level paging; a bare 5.4 says nothing)."""
+    if kernel.os.id is not None or host.os.id is None:
+        return kernel
+    data = kernel.model_dump()
+    data["os"] = host.os.model_dump()
+    data["provenance"] = {
+        **kernel.provenance,
+        **{k: v for k, v in host.provenance.items() if k.startswith("os.")},
+    }
+    return load_facts(data)
+
+
 def predict(host: HostFacts, candidate: Candidate) -> HostFacts:
     """The host after a reboot into the candidate kernel."""
-    kernel = candidate.facts
+    kernel = _on_host_distribution(candidate.facts, host)
     label = f"candidate {candidate.identity.release}"
     data: dict[str, Any] = host.model_dump(exclude={"boot"})
     provenance = {

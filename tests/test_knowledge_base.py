@@ -179,3 +179,27 @@ def test_nothing_decided_adds_no_passing_junit_case(
     for case in cases:
         assert case.find("skipped") is not None
         assert case.find("failure") is None
+
+
+def test_gate_kernel_version_on_the_hosts_distribution(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A release string has no os-release: the candidate is judged on the host's distribution,
+    so Ubuntu 20.04's 5.4 (built without 5-level paging) is at_risk, not affected."""
+    import json
+
+    from scanner.cli import main
+
+    host = Tree(
+        cpuinfo=sample("bergamo-cpuinfo-2-guest.txt"),
+        release="5.15.0-91-generic",
+        os_release=os_release("ubuntu", "22.04"),
+        extra_files={"/boot/config-5.15.0-91-generic": CONFIG_5},
+    ).build(tmp_path / "ubuntu")
+    code = main(
+        ["gate", "--kernel-version", "5.4.0-42-generic", "--root", str(host), "--format", "json"]
+    )
+    found = json.loads(capsys.readouterr().out)["hosts"][0]
+    assert (code, found["verdict"]) == (0, "at_risk")
+    assert found["facts"]["kvm"]["kb_stream"] == "ubuntu-20.04-linux-5.4"
+    assert found["facts"]["cpu"]["la57_enabled"] is False
