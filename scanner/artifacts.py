@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scanner.findings import HostError
-from scanner.inputs import Hosts, InputError, cached_facts, host_from_raw
+from scanner.inputs import Hosts, InputError, host_from_raw, hosts_from_fact_cache
 from scanner.stream import BadLine
 
 PROBE_FACT = "fleetscan_probe"
@@ -80,6 +80,24 @@ def _outcome(event: dict[str, Any], where: str) -> tuple[str, Any] | None:
     return None
 
 
+def _fanout(event: dict[str, Any], where: str) -> list[tuple[str, Any]]:
+    """Every host's outcome in the sweep's fan-out task result (one event for many hosts)."""
+    data = event.get("event_data")
+    result = data.get("res") if isinstance(data, dict) else None
+    if event.get("event") != "runner_on_ok" or not isinstance(result, dict):
+        return []
+    outcomes: list[tuple[str, Any]] = []
+    probes, errors = result.get("fleetscan_probes"), result.get("fleetscan_errors")
+    for host, raw in (probes if isinstance(probes, dict) else {}).items():
+        outcomes.append((str(host), host_from_raw(str(host), raw, where)))
+    for host, error in (errors if isinstance(errors, dict) else {}).items():
+        error = error if isinstance(error, dict) else {"message": str(error)}
+        outcomes.append(
+            (str(host), _host_error(str(error.get("kind")), error | {"msg": error.get("message")}))
+        )
+    return outcomes
+
+
 def _read_json(path: Path, bad: list[BadLine]) -> Any:
     try:
         return json.loads(path.read_bytes())
@@ -113,16 +131,20 @@ def hosts_from_artifacts(directory: Path) -> tuple[Hosts, list[BadLine]]:
                 if not isinstance(event, dict):
                     bad.append(BadLine(str(path), "expected a JSON object (an event)"))
                     continue
+                for name, value in _fanout(event, str(path)):
+                    outcomes[name] = value
                 outcome = _outcome(event, str(path))
                 if outcome is not None:
                     outcomes[outcome[0]] = outcome[1]
         cache = run / "fact_cache"
         if cache.is_dir():
-            for path in sorted(cache.iterdir()):
-                if path.name.startswith(".") or not path.is_file():
-                    continue
-                name, facts = cached_facts(path.name, _read_json(path, bad))
-                if name not in outcomes and isinstance(facts, dict) and PROBE_FACT in facts:
-                    outcomes[name] = host_from_raw(name, facts[PROBE_FACT], str(path))
+            # Through Ansible's own cache plugin: 2.19+ stores facts with their data tags
+            # ({"__ansible_type": ..., "value": ...}), which only Ansible decodes faithfully.
+            for name, cached in hosts_from_fact_cache(cache).items():
+                without_probe = isinstance(cached, HostError) and "no fleetscan_probe" in (
+                    cached.message
+                )
+                if name not in outcomes and not without_probe:
+                    outcomes[name] = cached
         hosts.update(outcomes)
     return hosts, bad

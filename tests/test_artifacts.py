@@ -30,8 +30,19 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The private data dir of one real sweep.yml run: artifacts/<ident>/job_events, every
+    probed host's evidence in the fan-out's one event."""
+    return sweep_job(tmp_path_factory.mktemp("awx"), set_facts=False)
+
+
+@pytest.fixture(scope="module")
+def cached_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same with `fleetscan_set_facts=true`: each host's evidence also in the fact cache."""
+    return sweep_job(tmp_path_factory.mktemp("awx-cached"), set_facts=True)
+
+
+def sweep_job(work: Path, set_facts: bool) -> Path:
     """The private data dir of one real sweep.yml run: artifacts/<ident>/{job_events,fact_cache}."""
-    work = tmp_path_factory.mktemp("awx")
     affected = debian_host(DEBIAN_510, config_overrides={"CONFIG_X86_5LEVEL": "y"})
     fixed = debian_host(DEBIAN_61)
     inventory = work / "inventory"
@@ -49,6 +60,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
         playbook=str(playbook("sweep.yml")),
         inventory=str(inventory),
         envvars=_env(),
+        extravars={"fleetscan_set_facts": True} if set_facts else None,
         ident="1234",
         quiet=True,
     )
@@ -78,10 +90,10 @@ def test_artifacts_of_a_real_run(capsys: pytest.CaptureFixture[str], job: Path) 
 
 
 def test_fact_cache_alone_and_broken_events(
-    capsys: pytest.CaptureFixture[str], job: Path, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], cached_job: Path, tmp_path: Path
 ) -> None:
     copy = tmp_path / "job"
-    shutil.copytree(job / "artifacts", copy)
+    shutil.copytree(cached_job / "artifacts", copy)
     run_dir = copy / "1234"
     # ansible-core 2.19+ names cache files s<schema>_<host>; earlier releases <host>.
     cached = [p.name for p in (run_dir / "fact_cache").iterdir()]
