@@ -256,3 +256,38 @@ def test_sinks_from_a_config_file(
     config.write_text("[sinks]\nwebhook = 12\n")
     code, _report, err = fleet.evaluate(capsys, "--config", str(config))
     assert code == 2 and str(config) in err
+
+
+def test_gate_transitions_reach_the_webhook_but_never_tickets(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fleet: Fleet,
+    hook: StubServer,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("FLEETSCAN_JIRA_TOKEN", "t")
+    db = tmp_path / "h.sqlite"
+    fleet.set(a="fixed")
+    argv = [
+        "gate",
+        "--kernel-version",
+        "5.10.0-46-amd64",
+        *fleet.roots(),
+        "--db",
+        str(db),
+        "--sink",
+        f"webhook={hook.url}/hook",
+        "--sink",
+        f"jira={hook.url}/jira?project=OPS",
+    ]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 1, err  # an unfixed 5.10 on a 5-level Genoa: blocked
+    assert "a gate's verdicts are predictions" in err
+    assert all(r.path == "/hook" for r in hook.requests)
+    # The gate's own stream: the prediction for the candidate, not the host as it runs now.
+    assert events(hook) == [("opened", "a", None, "affected")]
+    code = main(["evaluate", *fleet.roots(), "--db", str(db), "--sink", f"webhook={hook.url}/hook"])
+    capsys.readouterr()
+    # The current stream is its own: the host runs a fixed kernel, nothing opens.
+    assert code == 0 and events(hook) == []
