@@ -5,12 +5,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from scanner.cli import main
+from scanner.store import Store
 from tests.changing import Fleet, build_states
 from tests.httpstub import Fault, Request, Response, StubServer
 
@@ -291,3 +296,47 @@ def test_gate_transitions_reach_the_webhook_but_never_tickets(
     capsys.readouterr()
     # The current stream is its own: the host runs a fixed kernel, nothing opens.
     assert code == 0 and events(hook) == []
+
+
+def test_two_concurrent_sweeps_send_each_transition_once(fleet: Fleet, tmp_path: Path) -> None:
+    def slow(request: Request) -> Response:
+        time.sleep(1.5)  # deliveries overlap the other processes' runs
+        return 204, {}, None
+
+    hook = StubServer(slow)
+    try:
+        concurrent_sweeps(fleet, hook, tmp_path / "shared.sqlite")
+    finally:
+        hook.stop()
+
+
+def concurrent_sweeps(fleet: Fleet, hook: StubServer, db: Path) -> None:
+    fleet.set(a="affected", b="affected", c="fixed")
+    argv = [
+        sys.executable,
+        "-m",
+        "scanner.cli",
+        "evaluate",
+        *fleet.roots(),
+        "--db",
+        str(db),
+        "--fail-on",
+        "never",
+        "--sink",
+        f"webhook={hook.url}/hook",
+    ]
+    env = {**os.environ, "FLEETSCAN_WEBHOOK_SECRET": SECRET}
+    runs = [
+        subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err.decode()
+    assert sorted(events(hook)) == [
+        ("opened", "a", None, "affected"),
+        ("opened", "b", None, "affected"),
+    ]
+    with Store(db) as store:
+        assert len(store.recent_runs(10, ("evaluate",))) == 3
+        assert store.pending() == []
