@@ -260,3 +260,34 @@ def test_a_sink_can_open_on_at_risk(
     target.sink += "&open_on=at_risk" if "?" in target.sink else "?open_on=at_risk"
     assert sweep(capsys, fleet, target, db)[0] == 0
     assert target.ticket("a") == (True, 0)
+
+
+def test_an_unexpected_answer_is_a_sink_failure_not_a_crash(
+    capsys: pytest.CaptureFixture[str],
+    fleet: Fleet,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FLEETSCAN_JIRA_TOKEN", TOKEN)
+    # Searches find nothing; a create answers 201 without the issue's key.
+    server = StubServer(lambda r: (200, {}, {"issues": []}) if r.method == "GET" else (201, {}, {}))
+    try:
+        fleet.set(a="affected")
+        output = tmp_path / "report.json"
+        code = main(
+            [
+                "evaluate",
+                *fleet.roots(),
+                "--db",
+                str(tmp_path / "h.sqlite"),
+                "--output",
+                str(output),
+                "--sink",
+                f"jira={server.url}?project=OPS",
+            ]
+        )
+        err = capsys.readouterr().err
+        assert code == 3 and "unexpected answer (KeyError)" in err and "Traceback" not in err
+        assert output.is_file()
+    finally:
+        server.stop()

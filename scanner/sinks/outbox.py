@@ -40,11 +40,16 @@ def _deliver_one(
     for index, item in enumerate(pending):
         try:
             done = sink.deliver(item.payload)
-        except SinkError as exc:
-            store.failed(item.id, str(exc))
-            result.failed[sink.key] = str(exc)
+        except Exception as exc:
+            reason = (
+                str(exc)
+                if isinstance(exc, SinkError)
+                else f"{sink.name}: unexpected answer ({type(exc).__name__})"
+            )
+            store.failed(item.id, reason)
+            result.failed[sink.key] = reason
             result.left[sink.key] = len(pending) - index
-            log(sink, f"failed: {exc}; {len(pending) - index} item(s) kept in the outbox")
+            log(sink, f"failed: {reason}; {len(pending) - index} item(s) kept in the outbox")
             return
         store.delivered(item.id)
         store.claim(sink.key)  # extend the claim while the work goes on

@@ -33,6 +33,7 @@ class RedmineSink(TicketSink):
         self._http.headers["X-Redmine-API-Key"] = need("FLEETSCAN_REDMINE_API_KEY", "redmine")
         self._field: int | None = int(spec.options["field"]) if "field" in spec.options else None
         self._statuses: tuple[int, int] | None = None
+        self._closed_ids: frozenset[int] = frozenset()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = request(self._http, self.spec, method, self.spec.url + path, **kwargs)
@@ -61,7 +62,12 @@ class RedmineSink(TicketSink):
                 raise SinkError("redmine: needs an open and a closed issue status")
             named = [s["id"] for s in listed if s.get("name") == "Closed"]
             self._statuses = (opened[0], named[0] if named else closed[0])
+            self._closed_ids = frozenset(int(i) for i in closed)
         return self._statuses
+
+    def closed_ids(self) -> frozenset[int]:
+        self.statuses()
+        return self._closed_ids
 
     def find(self, fingerprint: str) -> Ticket | None:
         found = self._call(
@@ -78,9 +84,16 @@ class RedmineSink(TicketSink):
         issues = (found or {}).get("issues", [])
         if not issues:
             return None
-        open_ones = [i for i in issues if not i["status"].get("is_closed")]
+        open_ones = [i for i in issues if not self._closed(i)]
         issue = open_ones[0] if open_ones else issues[0]
-        return Ticket(str(issue["id"]), not issue["status"].get("is_closed"))
+        return Ticket(str(issue["id"]), not self._closed(issue))
+
+    def _closed(self, issue: dict[str, Any]) -> bool:
+        """Redmine 5.1+ says is_closed in the issue; older ones only in /issue_statuses."""
+        status = issue.get("status") or {}
+        if "is_closed" in status:
+            return bool(status["is_closed"])
+        return int(status.get("id", 0)) in self.closed_ids()
 
     def create(self, payload: dict[str, Any]) -> Ticket:
         issue: dict[str, Any] = {
