@@ -19,6 +19,7 @@ libssl-dev cpio (`scripts/setup --test` installs them). The build runs under `ni
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import os
 import shutil
@@ -118,10 +119,21 @@ def _config_values(config: Path) -> dict[str, str]:
 
 
 def build(jobs: int | None = None, log: Path | None = None) -> Path:
-    """Build (or reuse) the lab kernel tree and return its path."""
+    """Build (or reuse) the lab kernel tree and return its path.
+
+    One build at a time per cache: a second caller (another test run) waits for the first
+    and then finds its result, instead of running make in the same tree.
+    """
     done = cached()
     if done is not None:
         return done
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with open(cache_root() / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return cached() or _build(jobs, log)
+
+
+def _build(jobs: int | None, log: Path | None) -> Path:
     for tool in ("make", "gcc", "bc", "bison", "flex", "patch"):
         if shutil.which(tool) is None:
             raise LabError(f"{tool}: not installed (scripts/setup --test installs the build deps)")
