@@ -38,6 +38,7 @@ from scanner.interrupt import (
 from scanner.inventory_errors import explain
 from scanner.resources import collections_dir, playbook
 from scanner.shard import select
+from scanner.workers import WorkerNodes, sweep_parts
 
 LOCAL_INVENTORY = "localhost ansible_connection=local ansible_python_interpreter={python}\n"
 
@@ -46,7 +47,7 @@ class InventoryError(ValueError):
     """The inventory can't be read or selects no host; the message names it."""
 
 
-FANOUT, ANSIBLE = "fanout", "ansible"
+FANOUT, ANSIBLE, WORKER = "fanout", "ansible", "worker"
 
 
 @dataclass
@@ -54,11 +55,12 @@ class SweepResult:
     hosts: dict[str, HostFacts | HostError] = field(default_factory=dict)
     status: str = ""
     rc: int | None = None
-    # How each host was probed: FANOUT (ssh from the control node) or ANSIBLE (per-host play).
+    # How each host was probed: FANOUT (ssh from the control node), ANSIBLE (per-host play),
+    # or WORKER (by a worker node, --workers).
     paths: dict[str, str] = field(default_factory=dict)
 
     def path_counts(self) -> dict[str, int]:
-        counts = {FANOUT: 0, ANSIBLE: 0}
+        counts = {FANOUT: 0, ANSIBLE: 0, WORKER: 0}
         for path in self.paths.values():
             counts[path] += 1
         return counts
@@ -95,6 +97,18 @@ def _env() -> dict[str, str]:
     if "ANSIBLE_CONFIG" not in os.environ and Path("ansible.cfg").is_file():
         env["ANSIBLE_CONFIG"] = str(Path("ansible.cfg").resolve())
     return env
+
+
+def _worker_env() -> dict[str, str]:
+    """The job's environment on a worker node: the collection is found beside the playbook,
+    ansible-playbook on the node's own PATH; nothing of this node's paths."""
+    return {
+        "ANSIBLE_INVENTORY_UNPARSED_FAILED": "True",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_PIPELINING": os.environ.get("ANSIBLE_PIPELINING", "True"),
+        "ANSIBLE_NOCOLOR": "True",
+        "ANSIBLE_HOST_PATTERN_MISMATCH": "ignore",
+    }
 
 
 def _first_error(text: str) -> str:
@@ -265,6 +279,7 @@ def sweep(
     canary_timeout: float = 2.0,
     timeout: int = 60,
     shard: tuple[int, int] | None = None,
+    workers: WorkerNodes | None = None,
 ) -> SweepResult:
     """Probe every selected host; Interrupted (with the partial SweepResult) on SIGINT/SIGTERM.
 
@@ -293,6 +308,7 @@ def sweep(
                 catcher,
                 timeout,
                 shard,
+                workers,
             )
         finally:
             if catcher.is_set():
@@ -311,6 +327,7 @@ def _sweep(
     catcher: SignalCatcher,
     timeout: int,
     shard: tuple[int, int] | None = None,
+    workers: WorkerNodes | None = None,
 ) -> SweepResult:
     shown = str(inventory)
     if inventory is None:
@@ -384,6 +401,27 @@ def _sweep(
     # settings file sets it (a `settings` argument is dropped when the file is absent).
     (private / "env").mkdir(exist_ok=True)
     (private / "env" / "settings").write_text("pexpect_timeout: 0.25\n")
+    # The canary only when asked: an extravar overrides a per-host fleetscan_canary.
+    extravars: dict[str, Any] = {"fleetscan_timeout": timeout} | (
+        {"fleetscan_canary": True, "fleetscan_canary_timeout": canary_timeout} if canary else {}
+    )
+    if workers is not None:
+        sweep_parts(
+            workers,
+            private,
+            inventory.resolve(),
+            hosts,
+            forks,
+            _worker_env(),
+            extravars,
+            handle,
+            lost=lambda host, error: record(host, error, WORKER),
+            reported=lambda host: host in result.hosts,
+            cancel=catcher.is_set,
+        )
+        result.paths = dict.fromkeys(result.paths, WORKER)
+        result.status = "interrupted" if catcher.is_set() else "finished"
+        return _finish(result, hosts, started, catcher, "", None)
     stream = private / "fanout-stream.jsonl"
     with _FanoutStream(stream, streamed):
         runner = ansible_runner.run(
@@ -393,26 +431,32 @@ def _sweep(
             limit=limit,
             forks=forks,
             envvars=_env() | {"FLEETSCAN_FANOUT_STREAM": str(stream)},
-            # The canary only when asked: an extravar overrides a per-host fleetscan_canary.
-            extravars={"fleetscan_timeout": timeout}
-            | (
-                {"fleetscan_canary": True, "fleetscan_canary_timeout": canary_timeout}
-                if canary
-                else {}
-            ),
+            extravars=extravars,
             event_handler=handle,
             cancel_callback=catcher.is_set,
             quiet=True,
             suppress_env_files=True,
         )
     result.status, result.rc = runner.status, runner.rc
-    silent = [h for h in hosts if h not in result.hosts]
-    if silent:
-        tail = (
-            "" if catcher.is_set() else _first_error(runner.stdout.read() if runner.stdout else "")
-        )
-        for host in silent:
-            record(host, _silent_reason(started.get(host), runner.status, runner.rc, tail, catcher))
+    tail = "" if catcher.is_set() else _first_error(runner.stdout.read() if runner.stdout else "")
+    return _finish(result, hosts, started, catcher, tail, record)
+
+
+def _finish(
+    result: SweepResult,
+    hosts: list[str],
+    started: dict[str, float],
+    catcher: SignalCatcher,
+    tail: str,
+    record: Callable[[str, HostFacts | HostError], None] | None,
+) -> SweepResult:
+    for host in [h for h in hosts if h not in result.hosts]:
+        silent = _silent_reason(started.get(host), result.status, result.rc, tail, catcher)
+        if record is not None:
+            record(host, silent)
+        else:
+            result.hosts[host] = silent
+            result.paths[host] = WORKER
     # Hosts come back in inventory order, whatever order they finished in.
     result.hosts = {h: result.hosts[h] for h in hosts if h in result.hosts} | {
         h: o for h, o in result.hosts.items() if h not in hosts

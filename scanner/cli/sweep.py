@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,16 @@ def swept_hosts(args: argparse.Namespace, canary: bool = False) -> Hosts:
             shard = parse_shard(args.shard)
         except ShardError as exc:
             raise UsageError(str(exc)) from None
+    workers = None
+    if getattr(args, "workers", None):
+        from scanner.workers import WorkerNodes, parse_nodes
+
+        try:
+            nodes = parse_nodes(args.workers)
+            ssh_args = shlex.split(args.worker_ssh_args or "")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        workers = WorkerNodes(nodes, ssh_args, args.worker_runner)
     with SweepProgress(stderr()) as progress:
         try:
             result = sweep(
@@ -53,15 +64,19 @@ def swept_hosts(args: argparse.Namespace, canary: bool = False) -> Hosts:
                 canary_timeout=getattr(args, "canary_timeout", 2.0),
                 timeout=timeout,
                 shard=shard,
+                workers=workers,
             )
         except InventoryError as exc:
             raise UsageError(f"inventory {exc}") from None
     counts = result.path_counts()
-    stderr().print(
-        f"fleetscan: {counts['fanout']} host(s) probed by the fan-out over SSH from this node, "
-        f"{counts['ansible']} through Ansible's per-host path",
-        markup=False,
-    )
+    if workers is not None:
+        line = f"{counts['worker']} host(s) swept by {len(workers.nodes)} worker node(s)"
+    else:
+        line = (
+            f"{counts['fanout']} host(s) probed by the fan-out over SSH from this node, "
+            f"{counts['ansible']} through Ansible's per-host path"
+        )
+    stderr().print(f"fleetscan: {line}", markup=False)
     return result.hosts
 
 
@@ -107,6 +122,24 @@ def register(commands: Any) -> None:
         "--shard",
         metavar="I/N",
         help="sweep only shard I of N (hosts split stably by name), for one control node per shard",
+    )
+    sweep.add_argument(
+        "--workers",
+        metavar="NODE,NODE...",
+        help="run the sweep on these worker nodes (ansible-runner worker over ssh), hosts split "
+        "stably by name",
+    )
+    sweep.add_argument(
+        "--worker-ssh-args",
+        metavar="ARGS",
+        default="",
+        help="ssh options for reaching the worker nodes, e.g. '-l ops -i KEY'",
+    )
+    sweep.add_argument(
+        "--worker-runner",
+        metavar="PATH",
+        default="ansible-runner",
+        help="ansible-runner on the worker nodes (default: from their PATH)",
     )
     sweep.add_argument(
         "--timeout",

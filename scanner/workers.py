@@ -1,0 +1,193 @@
+"""Sweep beyond one control node: ansible-runner's streaming mode, as AWX's execution mesh runs it.
+
+`fleetscan sweep --workers NODE,NODE...` splits the selected hosts stably by name
+(scanner.shard) into one part per worker node. For each part this control node packs a job
+with `ansible-runner transmit` (the sweep playbook, its collection, the inventory and the
+part's hosts as the limit), pipes it over ssh to `ansible-runner worker` on the node, and
+reads the node's events back with `ansible-runner process`, all parts at once, recording each
+host's outcome as its event arrives. The worker nodes run the playbook (so its fan-out) against
+their part: they need ansible-runner and ansible-core, and whatever files the inventory names
+(keys) at the same paths. A node that cannot be reached or that disconnects mid-stream leaves
+the hosts it had not reported `unknown`, with the node and ssh's last words as the reason;
+the other nodes' hosts are unaffected.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import ansible_runner
+
+from scanner.findings import HostError
+from scanner.resources import playbooks_dir
+from scanner.shard import split
+
+LIMIT_FILE = "fleetscan-limit"  # in the job's project directory, the playbook's working directory
+
+
+@dataclass(frozen=True)
+class WorkerNodes:
+    """Where the worker nodes are and how to reach them."""
+
+    nodes: list[str]
+    ssh_args: list[str]
+    runner: str = "ansible-runner"
+
+    def command(self, node: str) -> list[str]:
+        remote = f"{shlex.quote(self.runner)} worker"
+        if "/" in self.runner:
+            # ansible-runner starts ansible-playbook from PATH: the one installed beside it.
+            directory = shlex.quote(str(Path(self.runner).parent))
+            remote = f"PATH={directory}:$PATH {remote}"
+        return ["ssh", *self.ssh_args, "-T", "-o", "BatchMode=yes", "--", node, remote]
+
+
+def parse_nodes(spec: str) -> list[str]:
+    nodes = [n.strip() for n in spec.split(",") if n.strip()]
+    if not nodes:
+        raise ValueError(f"--workers {spec!r}: give NODE[,NODE...]")
+    if len(set(nodes)) != len(nodes):
+        raise ValueError(f"--workers {spec!r}: a node is named twice")
+    return nodes
+
+
+def _job_dir(base: Path, inventory: Path, hosts: list[str]) -> Path:
+    """A private data directory with everything the worker needs: project and inventory."""
+    base.mkdir(parents=True)
+    project = base / "project"
+    # Links resolved: the collection's module_utils is a link into the package.
+    shutil.copytree(playbooks_dir(), project, symlinks=False)
+    (project / LIMIT_FILE).write_text("".join(f"{h}\n" for h in hosts))
+    if inventory.is_dir():
+        shutil.copytree(inventory, base / "inventory", symlinks=False)
+    else:
+        (base / "inventory").mkdir()
+        shutil.copy(inventory, base / "inventory" / inventory.name)
+    return base
+
+
+def _last_words(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def run_part(
+    nodes: WorkerNodes,
+    node: str,
+    job: Path,
+    local: Path,
+    forks: int,
+    envvars: dict[str, str],
+    extravars: dict[str, Any],
+    event_handler: Callable[[dict[str, Any]], bool],
+    cancel: Callable[[], bool],
+) -> str | None:
+    """Run one part on `node`; None when the node finished its run, else why it did not."""
+    ssh = subprocess.Popen(
+        nodes.command(node), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert ssh.stdin is not None and ssh.stdout is not None and ssh.stderr is not None
+    errors: list[bytes] = []
+    stderr = ssh.stderr
+    reader = threading.Thread(target=lambda: errors.append(_read_all(stderr)), daemon=True)
+    reader.start()
+    status = "unstarted"
+    try:
+        try:
+            ansible_runner.run(
+                private_data_dir=str(job),
+                playbook="sweep.yml",
+                limit=f"@{LIMIT_FILE}",
+                forks=forks,
+                envvars=envvars,
+                extravars=extravars,
+                streamer="transmit",
+                _output=ssh.stdin,
+                quiet=True,
+                suppress_env_files=True,
+            )
+        except (BrokenPipeError, OSError):
+            pass  # the node went away before taking the job: its ssh error says why
+        finally:
+            ssh.stdin.close()
+
+        def on_status(data: dict[str, Any], runner_config: Any = None) -> None:
+            nonlocal status
+            status = str(data.get("status"))
+
+        processed = ansible_runner.run(
+            private_data_dir=str(local),
+            streamer="process",
+            _input=ssh.stdout,
+            event_handler=event_handler,
+            status_handler=on_status,
+            cancel_callback=cancel,
+            quiet=True,
+        )
+        status = processed.status or status
+    finally:
+        if ssh.poll() is None:
+            ssh.terminate()
+        try:
+            ssh.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            ssh.kill()
+            ssh.wait()
+        reader.join(timeout=5)
+    if status in ("successful", "failed"):  # ansible-playbook ran to its end on the node
+        return None
+    said = _last_words(b"".join(errors).decode("utf-8", "replace"))
+    return f"worker node {node} ended the stream ({status}, ssh exit {ssh.returncode}): {said}"
+
+
+def _read_all(stream: IO[bytes]) -> bytes:
+    return stream.read()
+
+
+def sweep_parts(
+    nodes: WorkerNodes,
+    private: Path,
+    inventory: Path,
+    hosts: list[str],
+    forks: int,
+    envvars: dict[str, str],
+    extravars: dict[str, Any],
+    event_handler: Callable[[dict[str, Any]], bool],
+    lost: Callable[[str, HostError], None],
+    reported: Callable[[str], bool],
+    cancel: Callable[[], bool],
+) -> None:
+    """Every part on its node at once; hosts a node never reported go to `lost` with why."""
+    parts = split(hosts, len(nodes.nodes))
+
+    def one(index: int, node: str, part: list[str]) -> None:
+        job = _job_dir(private / f"job-{index}", inventory, part)
+        local = private / f"node-{index}"
+        local.mkdir()
+        try:
+            why = run_part(
+                nodes, node, job, local, forks, envvars, extravars, event_handler, cancel
+            )
+        except Exception as exc:  # a broken stream must not lose the other nodes' hosts
+            why = f"worker node {node}: {type(exc).__name__}: {exc}"
+        for host in part:
+            if not reported(host):
+                message = why or f"worker node {node} finished without reporting this host"
+                lost(host, HostError(kind="failed", message=message))
+
+    threads = [
+        threading.Thread(target=one, args=(i, node, part), daemon=True)
+        for i, (node, part) in enumerate(zip(nodes.nodes, parts, strict=True))
+        if part
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
