@@ -27,6 +27,7 @@ from markupsafe import Markup
 from scanner.findings import ScanReport, Verdict
 from scanner.report.page import (
     DEFAULT_BLOCKING,
+    LIST_LIMIT,
     History,
     HostRow,
     Page,
@@ -38,6 +39,9 @@ from scanner.report.page import (
 )
 
 INLINE_DETAILS = 500
+# Rows after the first page start hidden: a browser then lays out 100 rows, not 10,000 (the
+# script pages through them; without it, a <noscript> style shows them all, and so does print).
+FIRST_PAGE = 100
 
 
 @cache
@@ -129,6 +133,8 @@ def render_page(page: Page, inline: int = INLINE_DETAILS) -> str:
         .render(
             page=page,
             inline_details={row.anchor: findings_of(row) for row in page.hosts[:inline]},
+            list_limit=LIST_LIMIT,
+            first_page=FIRST_PAGE,
             lazy_count=len(lazy),
             lazy_data=Markup(data),
             style=Markup(_static("report.css")),

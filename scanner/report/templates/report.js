@@ -52,12 +52,16 @@
     Array.prototype.forEach.call(table.tHead.rows[0].cells, function (cell) { cell.removeAttribute("aria-sort"); });
     th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
     var collator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
-    hosts.sort(function (a, b) {
-      var x = keyOf(a, key), y = keyOf(b, key);
-      var order = typeof x === "number" ? x - y : collator.compare(x, y);
-      if (order === 0) { order = collator.compare(keyOf(a, "host"), keyOf(b, "host")); }
+    // Keys read once per row, not once per comparison: a fleet has thousands of rows.
+    var keyed = hosts.map(function (tbody) {
+      return { tbody: tbody, key: keyOf(tbody, key), name: keyOf(tbody, "host") };
+    });
+    keyed.sort(function (a, b) {
+      var order = typeof a.key === "number" ? a.key - b.key : collator.compare(a.key, b.key);
+      if (order === 0) { order = collator.compare(a.name, b.name); }
       return ascending ? order : -order;
     });
+    hosts = keyed.map(function (item) { return item.tbody; });
     var fragment = document.createDocumentFragment();
     hosts.forEach(function (tbody) { fragment.appendChild(tbody); });
     table.appendChild(fragment);
@@ -82,7 +86,6 @@
     var entries = lazy.hosts[anchor];
     if (!entries) { return; }
     var s = lazy.strings;
-    details.querySelectorAll("p").forEach(function (p) { p.remove(); });
     entries.forEach(function (entry) {
       var f = lazy.findings[entry[0]];
       var box = element("div", "finding");
