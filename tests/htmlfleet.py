@@ -41,6 +41,12 @@ def trees(base: Path) -> list[Path]:
     return [spec.build(base / name) for name, spec in specs.items()]
 
 
+def blocking_candidate(base: Path) -> Path:
+    """A candidate kernel tree that blocks: Debian's 5.10 (no fix) built with 5-level paging."""
+    tree = debian_host(DEBIAN_510, config_overrides={"CONFIG_X86_5LEVEL": "y"})
+    return tree.build(base / "candidate-510-5level")
+
+
 def hostile_copy(host: HostReport) -> HostReport:
     copy = host.model_copy(deep=True)
     copy.host = HOSTILE_NAME

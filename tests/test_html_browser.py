@@ -23,7 +23,14 @@ from PIL import Image, ImageStat
 from scanner.cli import main
 from scanner.findings import ScanReport
 from scanner.report import html, page
-from tests.htmlfleet import HOSTILE_EVIDENCE, HOSTILE_NAME, HOSTILE_REASON, mixed_fleet, trees
+from tests.htmlfleet import (
+    HOSTILE_EVIDENCE,
+    HOSTILE_NAME,
+    HOSTILE_REASON,
+    blocking_candidate,
+    mixed_fleet,
+    trees,
+)
 
 selenium = pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402
@@ -239,7 +246,7 @@ def test_blocked_gate_page(browser: WebDriver, tmp_path: Path) -> None:
         == 0
     )
     path = tmp_path / "gate.html"
-    argv = ["gate", "--kernel-version", "5.10.0-46-amd64", "--facts", str(saved)]
+    argv = ["gate", "--kernel", str(blocking_candidate(tmp_path)), "--facts", str(saved)]
     assert main([*argv, "--html", str(path), "--no-history"]) == 1
     url = open_page(browser, path)
     assert requests_made(browser) == [url]

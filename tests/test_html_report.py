@@ -23,6 +23,7 @@ from tests.htmlfleet import (
     HOSTILE_NAME,
     HOSTILE_REASON,
     UNREACHABLE,
+    blocking_candidate,
     mixed_fleet,
     trees,
 )
@@ -186,8 +187,8 @@ def test_gate_page_names_the_candidate_and_the_hosts_it_breaks(tmp_path: Path) -
     code = main(
         [
             "gate",
-            "--kernel-version",
-            "5.10.0-46-amd64",
+            "--kernel",
+            str(blocking_candidate(tmp_path)),
             "--facts",
             str(report_path),
             "--html",
