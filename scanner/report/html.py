@@ -38,7 +38,7 @@ from scanner.report.page import (
     waived,
 )
 
-INLINE_DETAILS = 500
+INLINE_DETAILS = 200
 # Rows after the first page start hidden: a browser then lays out 100 rows, not 10,000 (the
 # script pages through them; without it, a <noscript> style shows them all, and so does print).
 FIRST_PAGE = 100
