@@ -193,7 +193,9 @@ def lookup(os_id: str | None, release: str | None, proc_version: str | None) -> 
     stream = next((s for s in base.streams if s.matches(os_id, release)), None)
     where = f"knowledge base ({KB_FILE})"
     if stream is None:
-        return KbAnswer("no_evidence", None, f"no stream for os {os_id}, kernel {release}", where)
+        os_name = f"os {os_id}" if os_id else "an unknown distribution (no os-release)"
+        detail = f"no stream for {os_name}, kernel {release or 'unknown'}"
+        return KbAnswer("no_evidence", None, detail, where)
     source = f"{where}: {stream.id} ({stream.sources[0].id})"
     if stream.status == "all":
         return KbAnswer(

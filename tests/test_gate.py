@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -264,23 +265,22 @@ def test_directory_without_a_config_names_it(
 
 
 def test_garbage_package_names_the_file_and_writes_nothing_outside_temp(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, trees: dict[str, Path]
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    trees: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     bogus = tmp_path / "linux-image.deb"
     bogus.write_bytes(b"!<arch>\n" + os.urandom(4000))
-    before = sorted(
-        p.name
-        for p in Path(os.environ.get("TMPDIR", "/tmp")).iterdir()
-        if p.name.startswith("fleetscan-kernel-")
-    )
+    # A temporary directory of this test's own: other processes' scratch never counts.
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", None)
     assert main(["gate", "--kernel", str(bogus), "--root", str(trees["genoa"])]) == 2
     assert f"fleetscan: {bogus}: " in capsys.readouterr().err
-    after = sorted(
-        p.name
-        for p in Path(os.environ.get("TMPDIR", "/tmp")).iterdir()
-        if p.name.startswith("fleetscan-kernel-")
-    )
-    assert after == before
+    assert tempfile.gettempdir() == str(scratch)
+    assert list(scratch.iterdir()) == []
 
 
 def test_kernel_inspect(capsys: pytest.CaptureFixture[str], trees: dict[str, Path]) -> None:
