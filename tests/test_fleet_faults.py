@@ -139,3 +139,30 @@ def test_faults_end_unknown_with_their_own_reason_and_the_rest_get_verdicts(
     while len(fleet.pids("hangs")) > 1 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(fleet.pids("hangs")) == 1
+
+
+def test_a_host_behind_a_proxy_command_is_reached_through_it(fleet: Fleet, tmp_path: Path) -> None:
+    """The inventory's ProxyCommand (ssh -W through a jump host) is honoured by the fan-out.
+
+    The host is 127.0.0.1 as the jump host sees it: only through the jump does that address
+    lead to the jump host's own sshd, which logs a login from 127.0.0.1.
+    """
+    jump = fleet.host("bergamo-fixed")
+    log = fleet.workdir / "logs" / f"{jump.name}.log"
+    before = log.read_text().count("Accepted publickey for root from 127.0.0.1 ")
+    trust = f"-o UserKnownHostsFile={fleet.known_hosts} -o StrictHostKeyChecking=yes"
+    proxy = f"ssh -i {fleet.client_key} {trust} -W %h:%p root@{jump.address}"
+    common = f'{trust} -o HostKeyAlias={jump.address} -o ProxyCommand="{proxy}"'
+    inventory = tmp_path / "inventory"
+    inventory.write_text(
+        f"behind ansible_host=127.0.0.1 ansible_user=root "
+        f"ansible_ssh_private_key_file={fleet.client_key} ansible_ssh_common_args='{common}' "
+        f"ansible_python_interpreter=/usr/bin/python3 fleetscan_root={fleet.host('rome').root}\n"
+    )
+    code, report, err = finish(sweep(fleet, inventory), 300)
+    assert code == 0, err
+    [host] = report["hosts"]
+    assert host["verdict"] == fleet.host("rome").expected, host["findings"][0]["reason"]
+    assert host["facts"]["root"] == str(fleet.host("rome").root)
+    assert "1 host(s) probed by the fan-out" in err
+    assert log.read_text().count("Accepted publickey for root from 127.0.0.1 ") == before + 1
