@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from scanner.derive import load_facts
+from scanner.derive import derive_all, load_facts
 from scanner.emulate import (
     EmulatedBoot,
     EmulateError,
@@ -24,7 +24,7 @@ from scanner.emulate import (
     qemu_binary,
     run_boots,
 )
-from scanner.facts import AMD_VENDORS, HostFacts, Provenance
+from scanner.facts import AMD_VENDORS, BootFacts, HostFacts, KernelFacts, KvmFacts, Provenance
 from scanner.findings import CandidateKernel
 from scanner.ingest import from_probe
 from scanner.kernelpkg import PackageError, extract_kernel
@@ -168,12 +168,47 @@ def _predicted_la57(host: HostFacts, kernel: HostFacts) -> tuple[bool | None, st
     return None, "predicted: unknown (CPU capability or command line not collected)"
 
 
+# A gate judges every host against one candidate: what the candidate says on a distribution,
+# and its facts as a predicted host takes them, are the same for every host on it. Keyed by
+# the candidate's facts object (kept in the value, so its id stays its own).
+_ON_DISTRIBUTION: dict[tuple[int, str], tuple[HostFacts, HostFacts]] = {}
+_PARTS: dict[int, tuple[HostFacts, dict[str, Any], dict[str, Provenance]]] = {}
+
+
 def _on_host_distribution(kernel: HostFacts, host: HostFacts) -> HostFacts:
     """The candidate's facts as derived on the host's distribution: a package or a release
     string has no os-release, and the knowledge base needs one (Ubuntu 20.04's 5.4 is built
-    without 5-level paging; a bare 5.4 says nothing)."""
+    without 5-level paging; a bare 5.4 says nothing). Once per distribution, not per host."""
     if kernel.os.id is not None or host.os.id is None:
         return kernel
+    os_provenance = {k: v for k, v in host.provenance.items() if k.startswith("os.")}
+    key = (id(kernel), repr((host.os.model_dump(), os_provenance)))
+    cached = _ON_DISTRIBUTION.get(key)
+    if cached is not None and cached[0] is kernel:
+        return cached[1]
+    on_host = _derived_on(kernel, host)
+    _ON_DISTRIBUTION[key] = (kernel, on_host)
+    return on_host
+
+
+def _candidate_parts(kernel: HostFacts, label: str) -> tuple[dict[str, Any], dict[str, Provenance]]:
+    """The candidate's kernel facts and their provenance, labelled, once per candidate."""
+    cached = _PARTS.get(id(kernel))
+    if cached is None or cached[0] is not kernel:
+        labelled = {
+            path: Provenance(
+                source=f"{label}: {value.source}" if value.source else None,
+                reason=f"{label}: {value.reason}" if value.reason else None,
+            )
+            for path, value in kernel.provenance.items()
+            if path.startswith("kernel.") or path.split(".", 1)[-1] in BUILD_KVM_FIELDS
+        }
+        cached = _PARTS[id(kernel)] = (kernel, kernel.kernel.model_dump(), labelled)
+    return cached[1], cached[2]
+
+
+def _derived_on(kernel: HostFacts, host: HostFacts) -> HostFacts:
+    """The candidate's facts with the host's os-release, derived again."""
     data = kernel.model_dump()
     data["os"] = host.os.model_dump()
     data["provenance"] = {
@@ -187,20 +222,15 @@ def predict(host: HostFacts, candidate: Candidate) -> HostFacts:
     """The host after a reboot into the candidate kernel."""
     kernel = _on_host_distribution(candidate.facts, host)
     label = f"candidate {candidate.identity.release}"
-    data: dict[str, Any] = host.model_dump(exclude={"boot"})
     provenance = {
         k: v for k, v in host.provenance.items() if not k.startswith(("kernel.", "kvm.", "boot."))
     }
-    data["kernel"] = {
-        **kernel.kernel.model_dump(),
+    own_kernel, own_provenance = _candidate_parts(kernel, label)
+    predicted_kernel = {
+        **own_kernel,
         "cmdline": host.kernel.cmdline,  # boot parameters persist across the upgrade
     }
-    for path, value in kernel.provenance.items():
-        if path.startswith("kernel.") or path.split(".", 1)[-1] in BUILD_KVM_FIELDS:
-            provenance[path] = Provenance(
-                source=f"{label}: {value.source}" if value.source else None,
-                reason=f"{label}: {value.reason}" if value.reason else None,
-            )
+    provenance.update(own_provenance)
     if "kernel.cmdline" in host.provenance:
         provenance["kernel.cmdline"] = host.provenance["kernel.cmdline"]
     kvm: dict[str, Any] = {field: getattr(kernel.kvm, field) for field in BUILD_KVM_FIELDS}
@@ -217,12 +247,11 @@ def predict(host: HostFacts, candidate: Candidate) -> HostFacts:
     provenance["kvm.amd_installed"] = Provenance(source=f"predicted: {shipped}")
     loaded_now = host.provenance.get("kvm.amd_loaded", Provenance()).source
     provenance["kvm.amd_loaded"] = Provenance(source=f"predicted: as now ({loaded_now})")
-    data["kvm"] = kvm
     la57, why = _predicted_la57(host, kernel)
     # The flag, mmap probe and CR4 describe the running kernel, not the candidate.
-    data["cpu"].update({"la57_predicted": la57, "cr4": None, "la57_mmap": None})
+    cpu: dict[str, Any] = {"la57_predicted": la57, "cr4": None, "la57_mmap": None}
     if la57 is None:
-        data["cpu"]["la57_flag"] = None
+        cpu["la57_flag"] = None
     provenance["cpu.la57_predicted"] = (
         Provenance(source=why) if la57 is not None else Provenance(reason=why)
     )
@@ -231,8 +260,19 @@ def predict(host: HostFacts, candidate: Candidate) -> HostFacts:
         boot = emulation.boot("5-level" if la57 else "no5lvl")
         if boot is not None:
             _observed(kvm, provenance, boot, emulation, label)
-    data["provenance"] = provenance
-    return load_facts(data)
+    # A copy of the host with new sections where the candidate changes them (never the
+    # host's own section objects: derivation writes into them), derived once. Cheaper than
+    # dumping and revalidating the whole host, which a gate over a fleet does per host.
+    predicted = host.model_copy(
+        update={
+            "cpu": host.cpu.model_copy(update=cpu),
+            "kernel": KernelFacts.model_validate(predicted_kernel),
+            "kvm": KvmFacts.model_validate(kvm),
+            "boot": BootFacts(),
+            "provenance": provenance,
+        }
+    )
+    return derive_all(predicted)
 
 
 def _observed(

@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 
 from scanner.cli import main
+from scanner.findings import HostError
 from scanner.probe import probe_host
 from tests.trees import DEBIAN_61, DEBIAN_510, Tree, debian_host, sample
 
@@ -177,7 +178,8 @@ def test_gate_streams_jsonl_facts(
 def test_streamed_gate_junit_keeps_the_evidence(
     capsys: pytest.CaptureFixture[str], saved: dict[str, Path], mode: str, tmp_path: Path
 ) -> None:
-    # 5.10 without the backport: the Genoa host with 5-level paging would hang its guests.
+    # 5.10 without the backport: the Genoa host would be at risk (a release alone does not
+    # say whether the candidate runs 5-level paging), which blocks with --fail-on at_risk.
     junit = tmp_path / "gate.xml"
     code, _, err = run(
         capsys,
@@ -188,6 +190,8 @@ def test_streamed_gate_junit_keeps_the_evidence(
         str(saved["jsonl"]),
         "--junit",
         str(junit),
+        "--fail-on",
+        "at_risk",
     )
     assert code == 1, err
     text = junit.read_text()
@@ -200,3 +204,18 @@ def test_table_of_a_streamed_fleet(
     code, printed, _ = run(capsys, "evaluate", "--facts", str(saved["jsonl"]))
     assert code == 1
     assert "genoa-510-5level" in printed and "affected 1" in printed
+
+
+def test_predicting_a_host_leaves_its_own_facts_alone(saved: dict[str, Path]) -> None:
+    # The prediction copies the host and derives the copy; the host must not change under it.
+    from scanner.candidate import from_version, predict
+    from scanner.stream import Entry, host_of
+
+    for line in saved["jsonl"].read_bytes().splitlines()[1:-1]:
+        host = host_of(Entry(where="test", text=line))
+        assert isinstance(host, tuple) and not isinstance(host[1], HostError)
+        before = host[1].model_dump_json()
+        predicted = predict(host[1], from_version("5.10.0-9-amd64"))
+        assert host[1].model_dump_json() == before
+        assert predicted.kernel.release == "5.10.0-9-amd64"
+        assert predicted.cpu is not host[1].cpu and predicted.kvm is not host[1].kvm
