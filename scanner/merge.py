@@ -31,6 +31,7 @@ class Source:
     generated_at: str = ""
     mode: str = "current"
     candidate: dict[str, Any] | None = None
+    complete: bool = True
     hosts: int = 0
 
 
@@ -44,6 +45,11 @@ class Plan:
     @property
     def generated_at(self) -> str:
         return max((s.generated_at for s in self.sources), default="")
+
+    @property
+    def complete(self) -> bool:
+        """A merge of an interrupted run is as incomplete as that run."""
+        return all(s.complete for s in self.sources)
 
     @property
     def mode(self) -> str:
@@ -97,6 +103,7 @@ def _records(path: Path, top: Source) -> Iterator[tuple[str, dict[str, Any]] | B
             top.generated_at = str(item.get("generated_at", top.generated_at) or "")
             top.mode = str(item.get("mode", top.mode) or "current")
             top.candidate = item.get("candidate", top.candidate)
+            top.complete = item.get("complete", top.complete) is not False
         elif "summary" not in item:
             yield BadLine(entry.where, "neither a header, a host nor a trailer")
 

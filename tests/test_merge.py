@@ -66,6 +66,7 @@ def test_newest_report_wins_per_host(
             "c": "pass",
         }
         assert merged["generated_at"] == "2026-12-01T10:00:00Z"
+        assert merged["complete"] is True and merged["scope"].startswith("merge of ")
         assert merged["summary"] == {
             "hosts": 3,
             "affected": 1,
@@ -98,6 +99,14 @@ def test_tie_goes_to_the_later_argument_and_bad_lines_are_named(
     second = write(tmp_path / "two.jsonl", base, when, {"a": "pass", "b": "pass"})
     code, out, _ = run(capsys, "merge", str(first), str(second))
     assert {h["host"]: h["verdict"] for h in json.loads(out)["hosts"]} == {"a": "pass", "b": "pass"}
+
+    # An interrupted run's report makes the merge incomplete too.
+    cut = json.loads(first.read_text().splitlines()[0])
+    lines = first.read_text().splitlines()
+    lines[0] = json.dumps({**cut, "complete": False})
+    first.write_text("\n".join(lines) + "\n")
+    code, out, _ = run(capsys, "merge", str(first), str(second))
+    assert code == 0 and json.loads(out)["complete"] is False
 
     text = second.read_text().splitlines()
     text.insert(2, '{"host": "x", "verd')

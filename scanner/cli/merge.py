@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
         mode="candidate" if merged.mode == "candidate" else "current",
         candidate=merged.candidate(),
         generated_at=merged.generated_at or ScanReport().generated_at,
+        complete=merged.complete,
+        scope="merge of " + ", ".join(str(s.path) for s in merged.sources),
     )
     summary = merged.summary()
     status = EXIT_OK
