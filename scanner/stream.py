@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 # Hosts per task: large enough that pickling a chunk is cheap next to judging it.
 CHUNK = 256
 _READ = 1 << 20
+_LONGEST = 256 << 20  # no host of a report is near this; a broken one fails before it
 
 
 def stream_bytes() -> int:
@@ -162,8 +163,10 @@ class _Splitter:
             try:
                 value, end = self.scanner.raw_decode(self.text, self.pos)
             except json.JSONDecodeError as exc:
-                # Out of text mid-value: read more and retry; otherwise it is broken here.
-                if exc.pos >= len(self.text) - 1 and self._more():
+                # Perhaps only cut off by the end of what was read so far: read more and retry
+                # (the error's position is where the cut value started, not where text ran
+                # out). Past _LONGEST of text for one value, or at the end, it is broken here.
+                if len(self.text) - self.pos < _LONGEST and self._more():
                     continue
                 self.pos = min(exc.pos, len(self.text))
                 raise InputError(f"{self.where()}: not JSON ({exc.msg})") from None

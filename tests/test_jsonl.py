@@ -219,3 +219,27 @@ def test_predicting_a_host_leaves_its_own_facts_alone(saved: dict[str, Path]) ->
         assert host[1].model_dump_json() == before
         assert predicted.kernel.release == "5.10.0-9-amd64"
         assert predicted.cpu is not host[1].cpu and predicted.kvm is not host[1].kvm
+
+
+def test_a_json_report_read_in_small_pieces(
+    capsys: pytest.CaptureFixture[str],
+    saved: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # Hosts straddle the reader's chunks (97 bytes here, 1 MiB in use): each is still whole.
+    monkeypatch.setattr("scanner.stream._READ", 97)
+    monkeypatch.setenv("FLEETSCAN_STREAM_BYTES", "0")
+    expected = {h["host"]: h["verdict"] for h in json.loads(saved["json"].read_text())["hosts"]}
+    code, printed, err = run(capsys, "evaluate", "--facts", str(saved["json"]), "--format", "json")
+    assert code == 1, err
+    assert {h["host"]: h["verdict"] for h in json.loads(printed)["hosts"]} == expected
+
+    # Cut inside the third host: the two before it are judged, the cut is named, exit 2.
+    text = saved["json"].read_text()
+    third = text.index('"host": "', text.index('"host": "', text.index('"host": "') + 1) + 1)
+    broken = tmp_path / "cut.json"
+    broken.write_text(text[: third + 200])
+    code, printed, err = run(capsys, "evaluate", "--facts", str(broken), "--format", "json")
+    assert code == 2 and f"{broken}:" in err and "Traceback" not in err
+    assert len(json.loads(printed)["hosts"]) == 2
