@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from scanner.cli import main, parser
-from scanner.report.table import shorten
+from scanner.findings import ScanReport
+from scanner.report.table import render, shorten
 
 GENOA: dict[str, Any] = {
     "cpu": {
@@ -299,3 +300,13 @@ def test_kernel_inspect_wording(capsys: pytest.CaptureFixture[str]) -> None:
     assert "not shipped" not in flat
     assert "None" not in out and "True" not in out
     assert "/proc/kallsyms does not apply" in flat
+
+
+def test_an_interrupted_report_says_so_in_the_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = json_report(capsys, write_report(tmp_path / "facts.json", fleet_facts()))
+    assert "INCOMPLETE" not in render(ScanReport.model_validate(report), width=80)
+    report["complete"] = False
+    out = render(ScanReport.model_validate(report), width=80)
+    assert "INCOMPLETE: interrupted" in " ".join(out.split())

@@ -154,6 +154,15 @@ def summary_line(report: ScanReport) -> Text:
 
 
 def _heading(report: ScanReport) -> Text:
+    heading = _what(report)
+    if report.scope:
+        heading.append(f": {report.scope}")
+    if not report.complete:
+        heading.append("  INCOMPLETE: interrupted, hosts not reached are unknown", "bold red")
+    return heading
+
+
+def _what(report: ScanReport) -> Text:
     if report.candidate is None:
         return Text("fleetscan", style="bold")
     candidate = report.candidate
