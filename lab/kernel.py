@@ -182,6 +182,12 @@ def _build(jobs: int | None, log: Path | None) -> Path:
         (modules / "modules.builtin").write_text(
             "kernel/arch/x86/kvm/kvm.ko\nkernel/arch/x86/kvm/kvm-amd.ko\n"
         )
+    # What the probe reads for the release of a tree, as `fleetscan kernel inspect` wants it.
+    (staging / "proc/sys/kernel").mkdir(parents=True)
+    (staging / "proc/sys/kernel/osrelease").write_text(release + "\n")
+    (staging / "proc/version").write_text(
+        f"Linux version {release} (fleetscan lab, {SOURCE_PACKAGE} {source_version()}) #1\n"
+    )
     seconds = time.monotonic() - started
     (staging / "BUILD-INFO").write_text(
         f"source: {SOURCE_PACKAGE} {source_version()}\npatch: {PATCH.name}\n"

@@ -68,6 +68,12 @@ def _runtime_signals_not_applicable(candidate: Candidate) -> Candidate:
             signal.outcome = "not_applicable"
             signal.detail = _RUNTIME_SIGNALS[signal.name]
             signal.source = None
+            emulation = candidate.identity.emulation
+            if signal.name == "canary" and emulation is not None:
+                # Observed, but per host: which boot applies depends on the host's paging.
+                signal.detail = "emulated, applied per host (gate): " + "; ".join(
+                    f"{b.paging}: {b.outcome}, {b.detail}" for b in emulation.boots
+                )
     return candidate
 
 

@@ -227,7 +227,8 @@ def _load_order(images: dict[str, bytes]) -> list[tuple[str, bytes]]:
     return [(name, images[name]) for name in order]
 
 
-def _ldd(binary: str) -> list[str]:
+def ldd(binary: str) -> list[str]:
+    """The shared libraries (and loader) a binary needs, as ldd resolves them."""
     try:
         out = subprocess.run(
             ["ldd", binary], capture_output=True, text=True, timeout=30, check=False
@@ -270,7 +271,7 @@ def python_payload(fs: Initramfs) -> str:
         if file.endswith(".so"):
             binaries.append(file)
     for binary in binaries:
-        for lib in _ldd(binary):
+        for lib in ldd(binary):
             fs.add_file(lib, Path(os.path.realpath(lib)), 0o755)
     return executable
 
@@ -280,6 +281,11 @@ def build_initramfs(files: BootFiles, out: Path, canary_timeout: float = CANARY_
     for directory in ("/proc", "/sys", "/dev", "/tmp", "/fleetscan/modules"):
         fs.add_dir(directory)
     fs.add_char_device("/dev/console", 5, 1, 0o600)
+    # Python seeds its hash randomization before /init can mount devtmpfs: on a kernel whose
+    # entropy pool is not ready (tinyconfig under TCG), getrandom() says EAGAIN and Python
+    # falls back to /dev/urandom, which must already exist.
+    for name, minor in (("null", 3), ("random", 8), ("urandom", 9)):
+        fs.add_char_device(f"/dev/{name}", 1, minor, 0o666)
     executable = python_payload(fs)
     init = (_HERE / "emulate_init.py").read_text()
     fs.add_bytes("/init", f"#!{executable} -IS\n{init}".encode(), 0o755)
@@ -366,6 +372,10 @@ def boot_once(
                 f"--emulate: {files.release} ({paging}) did not finish within {timeout:g} s "
                 f"(--emulate-timeout); last console lines:\n{_tail(lines)}"
             ) from None
+        except BaseException:  # Ctrl-C, SIGTERM: QEMU goes with us, at once
+            qemu.kill()
+            qemu.communicate()
+            raise
     wall = time.monotonic() - started
     lines = _console(console)
     report = _report(lines)

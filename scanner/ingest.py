@@ -261,7 +261,8 @@ def canary_detail(result: dict[str, Any]) -> str:
         return f"the reset-vector guest halted after {took} ms{where}"
     if outcome == "hang":
         stats = result.get("stats") or {}
-        counters = ", ".join(f"{k} {v}" for k, v in sorted(stats.items()) if k in _STORM_COUNTERS)
+        # The probe drops zero counters; for a hang the zeros (no exit, no halt) are the news.
+        counters = ", ".join(f"{k} {stats.get(k, 0)}" for k in _STORM_COUNTERS) if stats else ""
         rip = result.get("rip")
         rip_text = f"{rip:#x}" if isinstance(rip, int) else "?"
         return f"KVM_RUN never returned: interrupted after {took} ms with RIP {rip_text}{where}" + (
@@ -272,6 +273,7 @@ def canary_detail(result: dict[str, Any]) -> str:
 
 _STORM_COUNTERS = (
     "exits",
+    "halt_exits",
     "pf_taken",
     "pf_guest",
     "pf_fixed",
