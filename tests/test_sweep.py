@@ -272,7 +272,7 @@ def test_hosts_the_fanout_cannot_honour_go_through_ansible(
     assert verdicts == {"fanned": "affected", "opted-out": "affected"}
     hosts = {h["host"]: h for h in report["hosts"]}
     assert hosts["fanned"]["facts"]["kvm"] == hosts["opted-out"]["facts"]["kvm"]
-    assert "1 host(s) probed by the fan-out over SSH from this node, 1 through Ansible's" in err
+    assert "1 host(s) probed by the fan-out from this node, 1 through Ansible's" in err
 
 
 def test_shards_split_the_inventory_stably_by_name(

@@ -233,6 +233,8 @@ def test_shorten_keeps_short_asides_and_drops_paths_and_detail() -> None:
     )
     long = "the fix is present (btf, high confidence; signals that agree: btf, module_symtab)"
     assert shorten(long) == "the fix is present (btf, high confidence)"
+    ruled_out = "the hang needs LA57 (cpu.la57_capable=no, kvm.amd_available=no, cpu.arch=x86_64)"
+    assert shorten(ruled_out) == "the hang needs LA57 (cpu.la57_capable=no)"
 
 
 def test_gate_says_on_stderr_which_hosts_and_rules_block(

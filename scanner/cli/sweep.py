@@ -73,7 +73,7 @@ def swept_hosts(args: argparse.Namespace, canary: bool = False) -> Hosts:
         line = f"{counts['worker']} host(s) swept by {len(workers.nodes)} worker node(s)"
     else:
         line = (
-            f"{counts['fanout']} host(s) probed by the fan-out over SSH from this node, "
+            f"{counts['fanout']} host(s) probed by the fan-out from this node, "
             f"{counts['ansible']} through Ansible's per-host path"
         )
     stderr().print(f"fleetscan: {line}", markup=False)

@@ -118,6 +118,8 @@ def shorten(reason: str) -> str:
     for start, end in _top_level_asides(reason):
         out.append(reason[last:start])
         inner = reason[start + 1 : end - 1].split(";")[0].strip()
+        if len(inner) > _ASIDE_LIMIT:
+            inner = inner.split(", ")[0]
         if inner and len(inner) <= _ASIDE_LIMIT and not _DETAIL.search(inner):
             out.append(f"({inner})")
         last = end
