@@ -8,7 +8,8 @@ vector. Booted with `kvm_amd.force_4level_npt=0` it is the fixed 6.1 it was buil
 The result is an extracted kernel tree, as `fleetscan gate --kernel` reads one
 (boot/vmlinuz-R, boot/config-R, boot/System.map-R, lib/modules/R/modules.builtin), cached
 under ~/.cache/fleetscan-lab (or $FLEETSCAN_LAB_CACHE) by the source package's version and
-the hash of the patch and config fragment, so a second run costs nothing.
+the hash of what else decides the image (patch, config fragment, this script, the gcc
+version), so a second run costs nothing and a changed recipe never reuses a stale kernel.
 
     python -m lab.kernel [--jobs N]      # prints the tree's path
 
@@ -51,6 +52,8 @@ REQUIRED = (
     "CONFIG_VIRTIO_NET",
     "CONFIG_UNIX",
     "CONFIG_MAGIC_SYSRQ_SERIAL",
+    "CONFIG_ACPI",
+    "CONFIG_RANDOM_TRUST_CPU",
 )
 
 
@@ -81,10 +84,24 @@ def source_version() -> str:
     return out
 
 
+def compiler() -> str:
+    """The compiler's version line: a new gcc builds a different kernel from the same recipe."""
+    try:
+        out = subprocess.run(
+            ["gcc", "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "no gcc"
+    return out.splitlines()[0].strip() if out else "no gcc"
+
+
 def recipe_hash() -> str:
+    """Everything that changes the built kernel besides the source: patch, config fragment,
+    this script (its make steps and REQUIRED) and the compiler."""
     digest = hashlib.sha256()
-    for path in (PATCH, FRAGMENT):
+    for path in (PATCH, FRAGMENT, Path(__file__).resolve()):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(compiler().encode())
     return digest.hexdigest()[:12]
 
 

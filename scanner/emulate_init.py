@@ -181,7 +181,10 @@ def run(manifest: dict[str, Any]) -> dict[str, Any]:
     result["kernel_log"] = [
         line
         for line in kernel_log()
-        if any(word in line.lower() for word in ("kvm", "svm", "5-level", "la57", "npt"))
+        if any(
+            word in line.lower()
+            for word in ("kvm", "svm", "5-level", "la57", "npt", "tsc", "crng", "run /init")
+        )
     ][-30:]
     return result
 

@@ -7,12 +7,6 @@ from pathlib import Path
 
 import pytest
 
-KNOWN_LAB_DEFECT = (
-    "the lab kernel's KVM never enters its guest under QEMU 7.2 TCG (exits 0), whatever the NPT "
-    "depth or paging, even with kvm_amd.npt=0, while Debian's 6.1 halts: a defect of the "
-    "tinyconfig build, so the lab's hang is not yet the 5-level NPT bug"
-)
-
 
 def needs_qemu() -> str:
     found = shutil.which("qemu-system-x86_64")
