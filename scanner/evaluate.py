@@ -57,6 +57,9 @@ def paused_gc() -> Iterator[None]:
 
 
 class FactSource(Protocol):
+    # Each fact's evidence, built once per host: every rule's finding shares it.
+    shown: dict[str, Evidence]
+
     def lookup(self, path: str) -> tuple[Any, str | None, str | None]:
         """(value, source, reason it is missing)."""
 
@@ -67,6 +70,7 @@ class HostFactSource:
     def __init__(self, facts: HostFacts) -> None:
         self.facts = facts
         self.seen: dict[str, tuple[Any, str | None, str | None]] = {}
+        self.shown: dict[str, Evidence] = {}
 
     def lookup(self, path: str) -> tuple[Any, str | None, str | None]:
         known = self.seen.get(path)
@@ -82,6 +86,7 @@ class DictFactSource:
     def __init__(self, values: Mapping[str, Any], source: str = "test case") -> None:
         self.values = values
         self.source = source
+        self.shown: dict[str, Evidence] = {}
 
     def lookup(self, path: str) -> tuple[Any, str | None, str | None]:
         value = missing_if_unknown(path, self.values.get(path))
@@ -180,20 +185,23 @@ def render(template: str, facts: FactSource) -> str:
     return TEMPLATE_FIELD.sub(substitute, template)
 
 
-def _evidence(paths: Iterable[str], facts: FactSource) -> list[Evidence]:
-    seen: list[str] = []
-    for path in paths:
-        if path not in seen:
-            seen.append(path)
-    out = []
-    for path in seen:
+def _shown(path: str, facts: FactSource) -> Evidence:
+    """A fact as evidence, built once per host and shared by the findings that cite it."""
+    known = facts.shown.get(path)
+    if known is None:
         value, source, reason = facts.lookup(path)
         if hasattr(value, "model_dump"):
             value = value.model_dump(mode="json")
         elif isinstance(value, list):
             value = [v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in value]
-        out.append(Evidence(fact=path, value=value, source=source if value is not None else reason))
-    return out
+        known = facts.shown[path] = Evidence(
+            fact=path, value=value, source=source if value is not None else reason
+        )
+    return known
+
+
+def _evidence(paths: Iterable[str], facts: FactSource) -> list[Evidence]:
+    return [_shown(path, facts) for path in dict.fromkeys(paths)]
 
 
 def _explain_missing(outcome: Outcome, facts: FactSource) -> str:

@@ -29,16 +29,12 @@ class Verdict(StrEnum):
     @property
     def rank(self) -> int:
         """Worst first: affected > unknown > at_risk > pass > not_applicable."""
-        return _RANK[self]
+        # Keyed by the plain string: hashing an enum member runs Python code, and a large
+        # fleet's table and history rank every host.
+        return _RANK[str.__str__(self)]
 
 
-_RANK = {
-    Verdict.AFFECTED: 4,
-    Verdict.UNKNOWN: 3,
-    Verdict.AT_RISK: 2,
-    Verdict.PASS: 1,
-    Verdict.NOT_APPLICABLE: 0,
-}
+_RANK = {"affected": 4, "unknown": 3, "at_risk": 2, "pass": 1, "not_applicable": 0}
 
 Severity = Literal["critical", "high", "medium", "low", "info"]
 

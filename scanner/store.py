@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import socket
 import sqlite3
@@ -189,10 +190,29 @@ class Recorded:
     queued: dict[str, list[Transition]] = field(default_factory=dict)
 
 
+# How long opening waits for another process that is creating or recovering the database.
+OPEN_PATIENCE = 30.0
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        # Two processes opening a new database at once can get "database is locked" from the
+        # switch to WAL or from WAL recovery without SQLite's busy handler being consulted:
+        # that is a wait, not an error, so the whole opening is retried for a while.
+        deadline = time.monotonic() + OPEN_PATIENCE
+        while True:
+            try:
+                self._open(path)
+                return
+            except StoreError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.02, 0.2))
+
+    def _open(self, path: Path) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
@@ -319,7 +339,7 @@ class Store:
                         (
                             run_id,
                             ids[host.host],
-                            host.verdict.value,
+                            str(host.verdict),
                             ids[host.kernels.running]
                             if host.kernels and host.kernels.running
                             else None,
@@ -335,7 +355,7 @@ class Store:
                             run_id,
                             ids[host.host],
                             ids[f.rule_id],
-                            f.verdict.value,
+                            str(f.verdict),
                             int(f.waiver is not None),
                         )
                         for host in report.hosts

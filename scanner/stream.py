@@ -243,6 +243,17 @@ def read_entries(path: Path) -> Iterator[Entry | BadLine]:
             yield BadLine(where, message)
 
 
+def stream_entries(path: Path) -> Iterator[Entry | BadLine | Span]:
+    """Like read_entries, but a JSON Lines file comes as Spans for the workers to read."""
+    if path.is_file() and is_jsonl(path):
+        try:
+            yield from spans(path)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+        return
+    yield from read_entries(path)
+
+
 class _SavedHost(BaseModel):
     """A report's host line with facts: parsed and validated in one pass by pydantic-core."""
 
@@ -301,6 +312,8 @@ class Judge:
         self.candidate = candidate
         # Keep the evidence of findings that need action in streamed thin reports (--junit).
         self.evidence = evidence
+        # Serialise each host's report line (not when no output takes it, as in a bare gate).
+        self.lines = True
 
     def __call__(self, name: str, outcome: HostFacts | HostError) -> HostReport:
         if isinstance(outcome, HostError):
@@ -344,6 +357,54 @@ class Judged:
     where: str = ""
 
 
+@dataclass(frozen=True)
+class Span:
+    """Whole lines [start, end) of a JSON Lines file, the first numbered `first_line`.
+
+    A worker reads its span itself: the text of the fleet never passes through a pipe."""
+
+    path: Path
+    start: int
+    end: int
+    first_line: int
+
+
+# Bytes per span: some 250 report hosts, enough that a task's overhead is small beside it.
+SPAN_BYTES = 4 << 20
+
+
+def spans(path: Path, size: int | None = None) -> Iterator[Span]:
+    """A JSON Lines file cut at line ends into spans of about `size` bytes, numbered by line.
+
+    Reading to count newlines costs about a second per GB, a small part of judging them."""
+    buffer = bytearray(size or SPAN_BYTES)
+    start = offset = 0
+    line = 1
+    with path.open("rb", buffering=0) as handle:
+        while True:
+            read = handle.readinto(buffer)
+            if not read:
+                break
+            cut = buffer.rfind(b"\n", 0, read)
+            if cut >= 0:
+                end = offset + cut + 1
+                yield Span(path, start, end, line)
+                line += buffer.count(b"\n", 0, cut + 1)
+                start = end
+            offset += read
+    if start < offset:
+        yield Span(path, start, offset, line)  # a last line without its newline
+
+
+def span_entries(span: Span) -> Iterator[Entry]:
+    with span.path.open("rb") as handle:
+        handle.seek(span.start)
+        text = handle.read(span.end - span.start)
+    for number, line in enumerate(text.split(b"\n"), start=span.first_line):
+        if line.strip():
+            yield Entry(where=f"{span.path}:{number}", text=line)
+
+
 _JUDGE: Judge | None = None
 
 
@@ -352,7 +413,7 @@ def _init_worker(judge: Judge) -> None:
     _JUDGE = judge
 
 
-def _judge_chunk(entries: list[Entry]) -> list[Judged | BadLine | None]:
+def _judge_chunk(entries: Iterable[Entry]) -> list[Judged | BadLine | None]:
     assert _JUDGE is not None
     out: list[Judged | BadLine | None] = []
     with paused_gc():
@@ -362,13 +423,35 @@ def _judge_chunk(entries: list[Entry]) -> list[Judged | BadLine | None]:
                 out.append(host)
                 continue
             report = _JUDGE(*host)
-            out.append(Judged(jsonl.host(report), thin(report, _JUDGE.evidence), entry.where))
+            line = jsonl.host(report) if _JUDGE.lines else ""
+            out.append(Judged(line, thin(report, _JUDGE.evidence), entry.where))
     return out
 
 
-def _chunks(entries: Iterable[Entry | BadLine], size: int) -> Iterator[list[Entry | BadLine]]:
+# What a worker sends back for a judged host: its line, its thin report as JSON (a tenth of
+# the cost of pickling the model), and where it was read.
+_Wire = tuple[str, bytes, str] | BadLine | None
+
+
+def _judge_wire(work: Span | list[Entry]) -> list[_Wire]:
+    entries = span_entries(work) if isinstance(work, Span) else work
+    return [
+        (r.line, r.report.model_dump_json().encode(), r.where) if isinstance(r, Judged) else r
+        for r in _judge_chunk(entries)
+    ]
+
+
+def _chunks(
+    entries: Iterable[Entry | BadLine | Span], size: int
+) -> Iterator[list[Entry | BadLine] | Span]:
     chunk: list[Entry | BadLine] = []
     for entry in entries:
+        if isinstance(entry, Span):
+            if chunk:
+                yield chunk
+                chunk = []
+            yield entry
+            continue
         chunk.append(entry)
         if len(chunk) >= size:
             yield chunk
@@ -378,23 +461,28 @@ def _chunks(entries: Iterable[Entry | BadLine], size: int) -> Iterator[list[Entr
 
 
 def judge_stream(
-    entries: Iterable[Entry | BadLine], judge: Judge, processes: int
+    entries: Iterable[Entry | BadLine | Span], judge: Judge, processes: int
 ) -> Generator[Judged | BadLine, None, None]:
-    """Judged hosts in input order, from `processes` forked workers (1: in this process)."""
+    """Judged hosts in input order, from `processes` forked workers (1: in this process).
+
+    `entries` may hold Spans of a JSON Lines file, which the workers read themselves."""
     if processes <= 1:
         _init_worker(judge)
         for chunk in _chunks(entries, CHUNK):
-            yield from _flat(chunk)
+            yield from _flat(span_entries(chunk) if isinstance(chunk, Span) else chunk)
         return
     context = get_context("fork")  # workers inherit the rules and candidate, nothing pickled
     with ProcessPoolExecutor(
         processes, mp_context=context, initializer=_init_worker, initargs=(judge,)
     ) as pool:
-        pending: deque[tuple[list[BadLine | None], Future[list[Judged | BadLine | None]]]] = deque()
+        pending: deque[tuple[list[BadLine | None] | None, Future[list[_Wire]]]] = deque()
         for chunk in _chunks(entries, CHUNK):
-            bad: list[BadLine | None] = [e if isinstance(e, BadLine) else None for e in chunk]
-            work = [e for e in chunk if isinstance(e, Entry)]
-            pending.append((bad, pool.submit(_judge_chunk, work)))
+            if isinstance(chunk, Span):
+                pending.append((None, pool.submit(_judge_wire, chunk)))
+            else:
+                bad: list[BadLine | None] = [e if isinstance(e, BadLine) else None for e in chunk]
+                work = [e for e in chunk if isinstance(e, Entry)]
+                pending.append((bad, pool.submit(_judge_wire, work)))
             # A few chunks in flight per worker: memory stays bounded, workers stay busy.
             while len(pending) > 2 * processes:
                 yield from _ordered(*pending.popleft())
@@ -402,7 +490,7 @@ def judge_stream(
             yield from _ordered(*pending.popleft())
 
 
-def _flat(chunk: list[Entry | BadLine]) -> Iterator[Judged | BadLine]:
+def _flat(chunk: Iterable[Entry | BadLine]) -> Iterator[Judged | BadLine]:
     for entry in chunk:
         if isinstance(entry, BadLine):
             yield entry
@@ -412,10 +500,20 @@ def _flat(chunk: list[Entry | BadLine]) -> Iterator[Judged | BadLine]:
                     yield result
 
 
+def _unwire(result: _Wire) -> Judged | BadLine | None:
+    if isinstance(result, tuple):
+        line, report, where = result
+        return Judged(line, HostReport.model_validate_json(report), where)
+    return result
+
+
 def _ordered(
-    bad: list[BadLine | None], future: Future[list[Judged | BadLine | None]]
+    bad: list[BadLine | None] | None, future: Future[list[_Wire]]
 ) -> Iterator[Judged | BadLine]:
-    results = iter(future.result())
+    results = map(_unwire, future.result())
+    if bad is None:
+        yield from (r for r in results if r is not None)
+        return
     for slot in bad:
         outcome = slot if slot is not None else next(results)
         if outcome is not None:

@@ -127,3 +127,37 @@ def test_not_an_artifacts_directory(capsys: pytest.CaptureFixture[str], tmp_path
     assert code == 2 and "not an ansible-runner artifacts directory" in err
     code, _, err = run(capsys, "evaluate", "--artifacts", str(tmp_path / "nope"))
     assert code == 2 and "not a directory" in err
+
+
+def test_gate_over_artifacts(capsys: pytest.CaptureFixture[str], job: Path, tmp_path: Path) -> None:
+    # The same hosts, the same prediction, whether the gate reads the AWX job's artifacts or a
+    # report evaluated from them.
+    saved = tmp_path / "report.json"
+    code, _, err = run(capsys, "evaluate", "--artifacts", str(job), "--output", str(saved))
+    assert code == 1, err
+    gates = {}
+    for source in (("--artifacts", str(job)), ("--facts", str(saved))):
+        code, out, err = run(
+            capsys, "gate", "--kernel-version", "6.1.0-9-amd64", *source, "--format", "json"
+        )
+        assert code == 1, err  # hv-down is unknown, and unknown blocks
+        report = json.loads(out)
+        assert report["mode"] == "candidate" and report["candidate"]["release"] == "6.1.0-9-amd64"
+        gates[source[0]] = verdicts(report)
+        scope = f"ansible-runner artifacts {job}" if source[0] == "--artifacts" else "saved facts"
+        assert report["scope"].startswith(scope)
+    assert gates["--artifacts"] == gates["--facts"]
+    assert gates["--artifacts"]["hv-affected"] == "pass"  # 6.1 carries the fix
+    assert gates["--artifacts"]["hv-down"] == "unknown"
+
+    code, _, err = run(
+        capsys,
+        "gate",
+        "--kernel-version",
+        "6.1.0-9-amd64",
+        "--artifacts",
+        str(job),
+        "--facts",
+        str(saved),
+    )
+    assert code == 2 and "give one of" in err

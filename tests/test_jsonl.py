@@ -243,3 +243,39 @@ def test_a_json_report_read_in_small_pieces(
     code, printed, err = run(capsys, "evaluate", "--facts", str(broken), "--format", "json")
     assert code == 2 and f"{broken}:" in err and "Traceback" not in err
     assert len(json.loads(printed)["hosts"]) == 2
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 1 << 20])
+def test_spans_cover_every_line_once_with_its_number(tmp_path: Path, size: int) -> None:
+    # Spans smaller than a line, cut mid-line, and a last line without its newline.
+    from scanner.stream import span_entries, spans
+
+    text = b'{"a": 1}\n\n{"host": "x", "long": "' + b"y" * 100 + b'"}\n[1]\r\n{"z": 2}'
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(text)
+    got = [(e.where, e.text) for span in spans(path, size) for e in span_entries(span)]
+    expected = [
+        (f"{path}:{n}", line) for n, line in enumerate(text.split(b"\n"), start=1) if line.strip()
+    ]
+    assert got == expected
+
+
+def test_corrupt_lines_are_named_across_spans(
+    capsys: pytest.CaptureFixture[str],
+    saved: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Workers read spans of a few hundred bytes: each bad line is still named by its number.
+    monkeypatch.setenv("FLEETSCAN_STREAM_BYTES", "0")
+    monkeypatch.setattr("scanner.stream.SPAN_BYTES", 300)
+    lines = saved["jsonl"].read_text().splitlines()
+    lines[3] = "not json"
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out.jsonl"
+    code, _, err = run(capsys, "evaluate", "--facts", str(broken), "--output", str(out))
+    assert code == 2, err
+    assert f"{broken}:4: not JSON" in err
+    judged = [json.loads(line)["host"] for line in out.read_text().splitlines()[1:-1]]
+    assert judged == [json.loads(line)["host"] for i, line in enumerate(lines[1:-1], 2) if i != 4]

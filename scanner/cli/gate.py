@@ -79,9 +79,11 @@ def run_gate(args: argparse.Namespace) -> int:
     check_output_path(args.output)
     check_output_path(args.junit, "--junit")
     check_output_path(args.html, "--html")
-    sources = [bool(args.facts), bool(args.inventory), bool(args.root)]
+    sources = [bool(args.facts), bool(args.inventory), bool(args.root), bool(args.artifacts)]
     if sum(sources) > 1:
-        raise UsageError("gate: give one of --facts FILE, -i INVENTORY or --root DIR")
+        raise UsageError(
+            "gate: give one of --facts FILE, --artifacts DIR, -i INVENTORY or --root DIR"
+        )
     candidate = _candidate(args)
     judge = Judge(rules, candidate, evidence=bool(args.junit))
     blocking = {Verdict.AFFECTED}
@@ -100,7 +102,13 @@ def run_gate(args: argparse.Namespace) -> int:
         if not bad:
             check_fleet({h.host: h for h in report.hosts}, args, str(path))
     else:
-        if path is not None and streaming.streams(path):
+        if args.artifacts:
+            from scanner.artifacts import hosts_from_artifacts
+
+            hosts, bad = hosts_from_artifacts(Path(args.artifacts))
+            if not bad:
+                check_fleet(hosts, args, f"--artifacts {args.artifacts}")
+        elif path is not None and streaming.streams(path):
             hosts, bad = streaming.read_small(path)
         elif path is not None:
             hosts = hosts_from_facts_file(path)
@@ -201,6 +209,12 @@ def register(commands: Any) -> None:
     )
     gate.add_argument(
         "--facts", metavar="FILE", help="hosts from a saved report, probe output or fact cache"
+    )
+    gate.add_argument(
+        "--artifacts",
+        metavar="DIR",
+        help="hosts from an ansible-runner artifacts directory (as an AWX job of sweep.yml"
+        " leaves it)",
     )
     gate.add_argument(
         "-i", "--inventory", metavar="INVENTORY", help="hosts swept now through Ansible"

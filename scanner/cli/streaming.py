@@ -32,6 +32,7 @@ from scanner.stream import (
     judge_stream,
     read_entries,
     stream_bytes,
+    stream_entries,
     workers,
 )
 
@@ -140,7 +141,8 @@ def stream_report(
     kept: list[HostReport] = []
     bad: list[BadLine] = []
     status = EXIT_OK
-    judged = judge_stream(read_entries(path), judge, workers())
+    judge.lines = bool(args.output) or args.format in ("json", "jsonl")
+    judged = judge_stream(stream_entries(path), judge, workers())
     try:
         with ExitStack() as stack, paused_gc(), closing(judged):
             writers: list[Writer] = []
