@@ -418,6 +418,7 @@ def _sweep(
             lost=lambda host, error: record(host, error, WORKER),
             reported=lambda host: host in result.hosts,
             cancel=catcher.is_set,
+            on_stream=streamed,
         )
         result.paths = dict.fromkeys(result.paths, WORKER)
         result.status = "interrupted" if catcher.is_set() else "finished"

@@ -9,11 +9,13 @@ host's outcome as its event arrives. The worker nodes run the playbook (so its f
 their part: they need ansible-runner and ansible-core, and whatever files the inventory names
 (keys) at the same paths. A node that cannot be reached or that disconnects mid-stream leaves
 the hosts it had not reported `unknown`, with the node and ssh's last words as the reason;
-the other nodes' hosts are unaffected.
+the other nodes' hosts are unaffected. Each host's outcome comes back as soon as the node's
+fan-out has it (relayed on ssh's stderr), so what a node finished before dying is kept.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import subprocess
@@ -46,7 +48,16 @@ class WorkerNodes:
             # ansible-runner starts ansible-playbook from PATH: the one installed beside it.
             directory = shlex.quote(str(Path(self.runner).parent))
             remote = f"PATH={directory}:$PATH {remote}"
-        return ["ssh", *self.ssh_args, "-T", "-o", "BatchMode=yes", "--", node, remote]
+        # The fan-out on the node writes one line per host to a stream file as each finishes;
+        # tail relays it on ssh's stderr (stdout is the runner's event stream), so each host's
+        # outcome reaches this node as soon as it is known, not with the job's last event. The
+        # tail ends with the shell (--pid), the file with the session.
+        relay = (
+            'd=$(mktemp -d) || exit 1; trap \'rm -rf "$d"\' EXIT HUP INT TERM; s="$d/stream"; '
+            ': > "$s"; tail -n +1 -F -s 0.2 --pid=$$ "$s" </dev/null >&2 2>/dev/null & '
+            f'FLEETSCAN_FANOUT_STREAM="$s" FLEETSCAN_FANOUT_KEEP=1 {remote}'
+        )
+        return ["ssh", *self.ssh_args, "-T", "-o", "BatchMode=yes", "--", node, relay]
 
 
 def parse_nodes(spec: str) -> list[str]:
@@ -88,6 +99,7 @@ def run_part(
     extravars: dict[str, Any],
     event_handler: Callable[[dict[str, Any]], bool],
     cancel: Callable[[], bool],
+    on_stream: Callable[[dict[str, Any]], None] = lambda event: None,
 ) -> str | None:
     """Run one part on `node`; None when the node finished its run, else why it did not."""
     ssh = subprocess.Popen(
@@ -96,7 +108,7 @@ def run_part(
     assert ssh.stdin is not None and ssh.stdout is not None and ssh.stderr is not None
     errors: list[bytes] = []
     stderr = ssh.stderr
-    reader = threading.Thread(target=lambda: errors.append(_read_all(stderr)), daemon=True)
+    reader = threading.Thread(target=_relayed, args=(stderr, on_stream, errors.append), daemon=True)
     reader.start()
     status = "unstarted"
     try:
@@ -147,8 +159,24 @@ def run_part(
     return f"worker node {node} ended the stream ({status}, ssh exit {ssh.returncode}): {said}"
 
 
-def _read_all(stream: IO[bytes]) -> bytes:
-    return stream.read()
+def _relayed(
+    stream: IO[bytes],
+    on_stream: Callable[[dict[str, Any]], None],
+    other: Callable[[bytes], None],
+) -> None:
+    """ssh's stderr: the fan-out's host lines to `on_stream`, anything else (ssh's and the
+    node's own messages) to `other`. A line torn by a message in between is only lost
+    progress: the job's last event carries every host again."""
+    for line in stream:
+        if line.startswith(b'{"host"'):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = None
+            if isinstance(event, dict) and isinstance(event.get("host"), str):
+                on_stream(event)
+                continue
+        other(line)
 
 
 def sweep_parts(
@@ -163,6 +191,7 @@ def sweep_parts(
     lost: Callable[[str, HostError], None],
     reported: Callable[[str], bool],
     cancel: Callable[[], bool],
+    on_stream: Callable[[dict[str, Any]], None] = lambda event: None,
 ) -> None:
     """Every part on its node at once; hosts a node never reported go to `lost` with why."""
     parts = split(hosts, len(nodes.nodes))
@@ -173,7 +202,7 @@ def sweep_parts(
         local.mkdir()
         try:
             why = run_part(
-                nodes, node, job, local, forks, envvars, extravars, event_handler, cancel
+                nodes, node, job, local, forks, envvars, extravars, event_handler, cancel, on_stream
             )
         except Exception as exc:  # a broken stream must not lose the other nodes' hosts
             why = f"worker node {node}: {type(exc).__name__}: {exc}"

@@ -3,7 +3,8 @@
 The control node ships the job (transmit) over ssh to each worker node, which runs the sweep
 playbook against its part of the fleet; events stream back (process). The targets' own sshd
 logs prove which node connected to them. A worker node killed mid-stream leaves its hosts
-unknown with the reason; the other node's hosts keep their verdicts.
+unknown with the reason, and the hosts it had finished (each streamed back as it finished)
+keep their verdicts, as do the other node's hosts.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,33 +115,46 @@ def test_a_worker_that_dies_mid_stream_leaves_its_hosts_unknown(
     parts = dict(zip(nodes, split(names, 2), strict=True))
     doomed = next(n for n, part in parts.items() if "hangs" in part)
     survivor = next(n for n in nodes if n != doomed)
+    finished = [h for h in parts[doomed] if h != "hangs"]
     assert parts[survivor], "the surviving node must have hosts of its own"
+    assert finished, "the doomed node must have hosts that finish before it dies"
     proc = subprocess.Popen(
         command(fleet, inventory, nodes, "--timeout", "60"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    progress: list[str] = []
+    assert proc.stderr is not None
+    stderr = proc.stderr
+    reader = threading.Thread(target=lambda: progress.extend(stderr), daemon=True)
+    reader.start()
     try:
-        # The doomed node is running its playbook (held up by the hanging host): kill it.
+        # The doomed node has reported its other hosts, one by one as each finished, while
+        # its playbook is still held up by the hanging host: kill the node then.
         deadline = time.monotonic() + 120
-        while not any(comm(p).startswith("ansible-playboo") for p in fleet.pids(doomed)):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the worker node never started its playbook"
+        while not all(any(f"] {h}: ok" in line for line in progress) for h in finished):
+            assert proc.poll() is None, "".join(progress)
+            assert time.monotonic() < deadline, "hosts did not stream back:\n" + "".join(progress)
             time.sleep(0.1)
+        assert any(comm(p).startswith("ansible-playboo") for p in fleet.pids(doomed))
         fleet.stop(doomed)
-        out, err = proc.communicate(timeout=300)
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        proc.wait(timeout=300)
+        reader.join(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
+    err = "".join(progress)
     assert proc.returncode == 0, err
     report = json.loads(out)
     assert [h["host"] for h in report["hosts"]] == names  # none missing
     verdicts = {h["host"]: h["verdict"] for h in report["hosts"]}
     why = reasons(report)
     address = fleet.host(doomed).address
-    for host in parts[doomed]:
-        assert verdicts[host] == "unknown"
-        assert f"worker node {address} ended the stream" in why[host], why[host]
-    for host in parts[survivor]:
-        assert verdicts[host] == fleet.host(host).expected
+    # What the node finished before it died is kept; only the host it never finished is lost.
+    assert verdicts["hangs"] == "unknown"
+    assert f"worker node {address} ended the stream" in why["hangs"], why["hangs"]
+    for host in finished + parts[survivor]:
+        assert verdicts[host] == fleet.host(host).expected, (host, why[host])

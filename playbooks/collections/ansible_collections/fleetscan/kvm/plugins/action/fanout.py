@@ -264,6 +264,9 @@ class ActionModule(ActionBase):
         probes, errors = {}, {}
         stream_path = os.environ.get("FLEETSCAN_FANOUT_STREAM")
         stream = open(stream_path, "a", encoding="utf-8") if stream_path else None
+        # On a worker node the stream is relayed to the control node as a courtesy (progress,
+        # and what survives the node dying); the task result still carries every host.
+        keep = os.environ.get("FLEETSCAN_FANOUT_KEEP") == "1"
         lock = threading.Lock()
 
         def emit(record):
@@ -282,7 +285,8 @@ class ActionModule(ActionBase):
                 probe, error = run_one(plan[0], plan[1], payload, timeout)
             if stream is not None:
                 emit({"host": host, "event": "done", "probe": probe, "error": error})
-                return
+                if not keep:
+                    return
             with lock:
                 if error is None:
                     probes[host] = probe
