@@ -24,7 +24,15 @@ from scanner.emulate import (
     qemu_binary,
     run_boots,
 )
-from scanner.facts import AMD_VENDORS, BootFacts, HostFacts, KernelFacts, KvmFacts, Provenance
+from scanner.facts import (
+    AMD_VENDORS,
+    BootFacts,
+    HostFacts,
+    KernelFacts,
+    KvmFacts,
+    OsFacts,
+    Provenance,
+)
 from scanner.findings import CandidateKernel
 from scanner.ingest import from_probe
 from scanner.kernelpkg import PackageError, extract_kernel
@@ -177,7 +185,7 @@ def _predicted_la57(host: HostFacts, kernel: HostFacts) -> tuple[bool | None, st
 # A gate judges every host against one candidate: what the candidate says on a distribution,
 # and its facts as a predicted host takes them, are the same for every host on it. Keyed by
 # the candidate's facts object (kept in the value, so its id stays its own).
-_ON_DISTRIBUTION: dict[tuple[int, str], tuple[HostFacts, HostFacts]] = {}
+_ON_DISTRIBUTION: dict[tuple[int, tuple[Any, ...]], tuple[HostFacts, HostFacts]] = {}
 _PARTS: dict[int, tuple[HostFacts, dict[str, Any], dict[str, Provenance]]] = {}
 
 
@@ -187,8 +195,13 @@ def _on_host_distribution(kernel: HostFacts, host: HostFacts) -> HostFacts:
     without 5-level paging; a bare 5.4 says nothing). Once per distribution, not per host."""
     if kernel.os.id is not None or host.os.id is None:
         return kernel
-    os_provenance = {k: v for k, v in host.provenance.items() if k.startswith("os.")}
-    key = (id(kernel), repr((host.os.model_dump(), os_provenance)))
+    key = (
+        id(kernel),
+        tuple(
+            (name, getattr(host.os, name), host.provenance.get(f"os.{name}"))
+            for name in OsFacts.model_fields
+        ),
+    )
     cached = _ON_DISTRIBUTION.get(key)
     if cached is not None and cached[0] is kernel:
         return cached[1]

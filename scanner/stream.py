@@ -332,6 +332,7 @@ class Judge:
 
 
 ACTION = frozenset({Verdict.AFFECTED, Verdict.AT_RISK, Verdict.UNKNOWN})
+ACTION_RANKS = frozenset(v.rank for v in ACTION)
 
 
 def thin(report: HostReport, evidence: bool = False) -> HostReport:
@@ -413,19 +414,38 @@ def _init_worker(judge: Judge) -> None:
     _JUDGE = judge
 
 
-def _judge_chunk(entries: Iterable[Entry]) -> list[Judged | BadLine | None]:
+def _judged(entries: Iterable[Entry]) -> Iterator[tuple[Entry, HostReport] | BadLine | None]:
     assert _JUDGE is not None
-    out: list[Judged | BadLine | None] = []
     with paused_gc():
         for entry in entries:
             host = host_of(entry)
             if host is None or isinstance(host, BadLine):
-                out.append(host)
-                continue
-            report = _JUDGE(*host)
+                yield host
+            else:
+                yield entry, _JUDGE(*host)
+
+
+def _judge_chunk(entries: Iterable[Entry]) -> list[Judged | BadLine | None]:
+    assert _JUDGE is not None
+    out: list[Judged | BadLine | None] = []
+    for item in _judged(entries):
+        if isinstance(item, tuple):
+            entry, report = item
             line = jsonl.host(report) if _JUDGE.lines else ""
             out.append(Judged(line, thin(report, _JUDGE.evidence), entry.where))
+        else:
+            out.append(item)
     return out
+
+
+def thin_json(report: HostReport, evidence: bool = False) -> bytes:
+    """`thin(report, evidence)` as JSON, serialised straight from the full report."""
+    drop = {
+        index: {"evidence"}
+        for index, finding in enumerate(report.findings)
+        if not (evidence and finding.verdict.rank in ACTION_RANKS)
+    }
+    return report.model_dump_json(exclude={"facts": True, "findings": drop}).encode()
 
 
 # What a worker sends back for a judged host: its line, its thin report as JSON (a tenth of
@@ -434,11 +454,17 @@ _Wire = tuple[str, bytes, str] | BadLine | None
 
 
 def _judge_wire(work: Span | list[Entry]) -> list[_Wire]:
+    assert _JUDGE is not None
     entries = span_entries(work) if isinstance(work, Span) else work
-    return [
-        (r.line, r.report.model_dump_json().encode(), r.where) if isinstance(r, Judged) else r
-        for r in _judge_chunk(entries)
-    ]
+    out: list[_Wire] = []
+    for item in _judged(entries):
+        if isinstance(item, tuple):
+            entry, report = item
+            line = jsonl.host(report) if _JUDGE.lines else ""
+            out.append((line, thin_json(report, _JUDGE.evidence), entry.where))
+        else:
+            out.append(item)
+    return out
 
 
 def _chunks(
