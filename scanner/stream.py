@@ -4,8 +4,9 @@
 {"host": ..., "probe": ...} raw probe output) and saved JSON reports through `read_entries`,
 which never holds more than one host's parsed JSON. A line that is not JSON is a `BadLine`
 (file and line number); the hosts around it are still judged and the command exits 2 at the
-end. Inputs past `stream_bytes()` are judged in a process pool over chunks of lines (each
-worker parses, derives, evaluates and serialises its hosts), and the caller keeps only a thin
+end. Inputs past `stream_bytes()` are judged in a process pool (each worker parses, derives,
+evaluates and serialises its hosts): a JSON Lines file in spans of whole lines that each
+worker reads itself, a JSON report in chunks of parsed hosts. The caller keeps only a thin
 copy of each host's report (no facts, no evidence) for the table, history and exit code.
 
 The JSON report splitter is written by hand over `json.JSONDecoder.raw_decode` rather than
