@@ -332,22 +332,21 @@ class Judge:
         return report
 
 
-ACTION = frozenset({Verdict.AFFECTED, Verdict.AT_RISK, Verdict.UNKNOWN})
-ACTION_RANKS = frozenset(v.rank for v in ACTION)
+# Findings whose evidence a thin report keeps for --junit: affected, at_risk, unknown.
+ACTION_RANKS = frozenset(v.rank for v in (Verdict.AFFECTED, Verdict.AT_RISK, Verdict.UNKNOWN))
 
 
-def thin(report: HostReport, evidence: bool = False) -> HostReport:
-    """What the table, history and exit code need of a host: no facts, and no evidence
-    unless `evidence` (a JUnit file shows it for the findings that need action)."""
-    return report.model_copy(
-        update={
-            "facts": None,
-            "findings": [
-                f if evidence and f.verdict in ACTION else f.model_copy(update={"evidence": []})
-                for f in report.findings
-            ],
-        }
-    )
+def thin_json(report: HostReport, evidence: bool = False) -> bytes:
+    """What the table, history and exit code need of a host, as JSON: no facts, and no
+    evidence unless `evidence` (a JUnit file shows it for the findings that need action).
+    Serialised straight from the full report, and sent as JSON from a worker: a tenth of the
+    cost of copying and pickling the model."""
+    drop = {
+        index: {"evidence"}
+        for index, finding in enumerate(report.findings)
+        if not (evidence and finding.verdict.rank in ACTION_RANKS)
+    }
+    return report.model_dump_json(exclude={"facts": True, "findings": drop}).encode()
 
 
 @dataclass
@@ -415,56 +414,23 @@ def _init_worker(judge: Judge) -> None:
     _JUDGE = judge
 
 
-def _judged(entries: Iterable[Entry]) -> Iterator[tuple[Entry, HostReport] | BadLine | None]:
-    assert _JUDGE is not None
-    with paused_gc():
-        for entry in entries:
-            host = host_of(entry)
-            if host is None or isinstance(host, BadLine):
-                yield host
-            else:
-                yield entry, _JUDGE(*host)
-
-
-def _judge_chunk(entries: Iterable[Entry]) -> list[Judged | BadLine | None]:
-    assert _JUDGE is not None
-    out: list[Judged | BadLine | None] = []
-    for item in _judged(entries):
-        if isinstance(item, tuple):
-            entry, report = item
-            line = jsonl.host(report) if _JUDGE.lines else ""
-            out.append(Judged(line, thin(report, _JUDGE.evidence), entry.where))
-        else:
-            out.append(item)
-    return out
-
-
-def thin_json(report: HostReport, evidence: bool = False) -> bytes:
-    """`thin(report, evidence)` as JSON, serialised straight from the full report."""
-    drop = {
-        index: {"evidence"}
-        for index, finding in enumerate(report.findings)
-        if not (evidence and finding.verdict.rank in ACTION_RANKS)
-    }
-    return report.model_dump_json(exclude={"facts": True, "findings": drop}).encode()
-
-
-# What a worker sends back for a judged host: its line, its thin report as JSON (a tenth of
-# the cost of pickling the model), and where it was read.
+# What judging sends back for a host: its line, its thin report as JSON, and where it was read.
 _Wire = tuple[str, bytes, str] | BadLine | None
 
 
-def _judge_wire(work: Span | list[Entry]) -> list[_Wire]:
+def _judge_work(work: Span | list[Entry]) -> list[_Wire]:
+    """Judge a span or a chunk of entries (in a worker, or here with one core)."""
     assert _JUDGE is not None
-    entries = span_entries(work) if isinstance(work, Span) else work
     out: list[_Wire] = []
-    for item in _judged(entries):
-        if isinstance(item, tuple):
-            entry, report = item
+    with paused_gc():
+        for entry in span_entries(work) if isinstance(work, Span) else work:
+            host = host_of(entry)
+            if host is None or isinstance(host, BadLine):
+                out.append(host)
+                continue
+            report = _JUDGE(*host)
             line = jsonl.host(report) if _JUDGE.lines else ""
             out.append((line, thin_json(report, _JUDGE.evidence), entry.where))
-        else:
-            out.append(item)
     return out
 
 
@@ -487,6 +453,17 @@ def _chunks(
         yield chunk
 
 
+def _task(
+    chunk: list[Entry | BadLine] | Span,
+) -> tuple[list[BadLine | None] | None, Span | list[Entry]]:
+    """A chunk's bad lines in their places (None for a span: its worker finds its own), and
+    the work to judge."""
+    if isinstance(chunk, Span):
+        return None, chunk
+    bad: list[BadLine | None] = [e if isinstance(e, BadLine) else None for e in chunk]
+    return bad, [e for e in chunk if isinstance(e, Entry)]
+
+
 def judge_stream(
     entries: Iterable[Entry | BadLine | Span], judge: Judge, processes: int
 ) -> Generator[Judged | BadLine, None, None]:
@@ -496,7 +473,8 @@ def judge_stream(
     if processes <= 1:
         _init_worker(judge)
         for chunk in _chunks(entries, CHUNK):
-            yield from _flat(span_entries(chunk) if isinstance(chunk, Span) else chunk)
+            bad, work = _task(chunk)
+            yield from _ordered(bad, _judge_work(work))
         return
     context = get_context("fork")  # workers inherit the rules and candidate, nothing pickled
     with ProcessPoolExecutor(
@@ -504,27 +482,15 @@ def judge_stream(
     ) as pool:
         pending: deque[tuple[list[BadLine | None] | None, Future[list[_Wire]]]] = deque()
         for chunk in _chunks(entries, CHUNK):
-            if isinstance(chunk, Span):
-                pending.append((None, pool.submit(_judge_wire, chunk)))
-            else:
-                bad: list[BadLine | None] = [e if isinstance(e, BadLine) else None for e in chunk]
-                work = [e for e in chunk if isinstance(e, Entry)]
-                pending.append((bad, pool.submit(_judge_wire, work)))
+            bad, work = _task(chunk)
+            pending.append((bad, pool.submit(_judge_work, work)))
             # A few chunks in flight per worker: memory stays bounded, workers stay busy.
             while len(pending) > 2 * processes:
-                yield from _ordered(*pending.popleft())
+                bad, future = pending.popleft()
+                yield from _ordered(bad, future.result())
         while pending:
-            yield from _ordered(*pending.popleft())
-
-
-def _flat(chunk: Iterable[Entry | BadLine]) -> Iterator[Judged | BadLine]:
-    for entry in chunk:
-        if isinstance(entry, BadLine):
-            yield entry
-        else:
-            for result in _judge_chunk([entry]):
-                if result is not None:
-                    yield result
+            bad, future = pending.popleft()
+            yield from _ordered(bad, future.result())
 
 
 def _unwire(result: _Wire) -> Judged | BadLine | None:
@@ -534,10 +500,8 @@ def _unwire(result: _Wire) -> Judged | BadLine | None:
     return result
 
 
-def _ordered(
-    bad: list[BadLine | None] | None, future: Future[list[_Wire]]
-) -> Iterator[Judged | BadLine]:
-    results = map(_unwire, future.result())
+def _ordered(bad: list[BadLine | None] | None, judged: list[_Wire]) -> Iterator[Judged | BadLine]:
+    results = map(_unwire, judged)
     if bad is None:
         yield from (r for r in results if r is not None)
         return
