@@ -25,7 +25,7 @@ def test_plain_skip():
     pytest.skip("lscpu is not installed")
 
 def test_runs():
-    assert True
+    pass  # a test that runs and passes, beside the skipped ones
 """
 MODULE_SKIP = """
 import pytest
