@@ -38,7 +38,7 @@ from scanner.interrupt import (
 from scanner.inventory_errors import explain
 from scanner.resources import collections_dir, playbook
 from scanner.shard import select
-from scanner.workers import WorkerNodes, sweep_parts
+from scanner.workers import WorkerNodes, fanout_event, sweep_parts
 
 LOCAL_INVENTORY = "localhost ansible_connection=local ansible_python_interpreter={python}\n"
 
@@ -233,11 +233,8 @@ class _FanoutStream:
         complete = data[: data.rfind(b"\n") + 1]
         self._offset += len(complete)
         for line in complete.splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # the plugin writes whole lines; a torn one can only be the last
-            if isinstance(event, dict) and isinstance(event.get("host"), str):
+            event = fanout_event(line)  # the plugin writes whole lines; only the last may be cut
+            if event is not None:
                 self.on_event(event)
 
 

@@ -168,15 +168,22 @@ def _relayed(
     node's own messages) to `other`. A line torn by a message in between is only lost
     progress: the job's last event carries every host again."""
     for line in stream:
-        if line.startswith(b'{"host"'):
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = None
-            if isinstance(event, dict) and isinstance(event.get("host"), str):
-                on_stream(event)
-                continue
-        other(line)
+        event = fanout_event(line)
+        if event is None:
+            other(line)
+        else:
+            on_stream(event)
+
+
+def fanout_event(line: bytes) -> dict[str, Any] | None:
+    """One line of the fan-out's stream as its event ({"host": ..., "event": ...}), or None."""
+    if not line.lstrip().startswith(b"{"):
+        return None
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and isinstance(event.get("host"), str) else None
 
 
 def sweep_parts(
