@@ -312,3 +312,37 @@ def test_an_interrupted_report_says_so_in_the_table(
     report["complete"] = False
     out = render(ScanReport.model_validate(report), width=80)
     assert "INCOMPLETE: interrupted" in " ".join(out.split())
+
+
+def test_piped_table_takes_the_terminal_width(tmp_path: Path) -> None:
+    # `fleetscan evaluate ... | head` at an 80-column terminal: stdout is a pipe, stderr the
+    # terminal; the table fits the terminal instead of the 160 columns of a log.
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    report = write_report(tmp_path / "report.json", fleet_facts())
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 80, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "scanner.cli", "evaluate", "--facts", str(report)],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            env=env,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode in (0, 1) and len(lines) > 3
+    assert max(len(line) for line in lines) <= 80
+    assert max(len(line) for line in lines) > 60  # the terminal's width, not a narrow default

@@ -45,10 +45,22 @@ def stderr() -> Console:
 
 
 def stdout() -> Console:
+    """The table's console. Piped into `head` or `less` at a terminal, the table is as wide as
+    that terminal (stderr's), or the terminal would cut its words; with no terminal at all (a
+    log, a cron mail) it is 160 columns wide."""
     console = Console(highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(highlight=False, width=160)
+        console = Console(highlight=False, width=_terminal_width(sys.stderr) or 160)
     return console
+
+
+def _terminal_width(stream: Any) -> int | None:
+    try:
+        if stream.isatty():
+            return os.get_terminal_size(stream.fileno()).columns or None
+    except (AttributeError, ValueError, OSError):
+        pass
+    return None
 
 
 def load_rules_for(args: argparse.Namespace) -> list[Rule]:
